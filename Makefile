@@ -1,0 +1,44 @@
+# Ticks: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint migrate bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP_RUN): requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(STAMP_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(STAMP_RUN)
+
+run: $(STAMP_RUN) ## Start web, worker and Flower (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
+	$(PY) -m devserver
+
+test: $(STAMP_DEV) ## Run the whole test suite (embedded servers unless TEST_DATABASE_URL/TEST_REDIS_URL are set)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP_DEV) ## Lint and type-check (ruff, mypy)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app workers schemas
+
+migrate: $(STAMP_RUN) ## Apply pending migrations to DATABASE_URL
+	$(PY) -m workers.migrate
+
+bench: $(STAMP_DEV) ## Run the benchmarks
+	$(PY) -m bench
+
+clean: ## Remove the venv and caches (keeps var/, the embedded servers' data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,32 @@
+"""Ticks web: a thin Flask endpoint that validates status callbacks and enqueues them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.config import check_config, load_config
+from app.errors import register_error_handlers
+from app.queue import init_queue
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the web application."""
+    app = Flask(__name__)
+    app.config.update(load_config())
+    if test_config:
+        app.config.update(test_config)
+    check_config(app.config)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    init_queue(app)
+    register_error_handlers(app)
+
+    from app import health, messages, webhooks
+
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(messages.bp)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,42 @@
+"""Configuration, read once from the environment (12-factor)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from workers.celery_app import DEFAULT_REDIS_URL
+from workers.db import DEFAULT_DATABASE_URL
+
+PROVIDERS = ("zapi", "greenapi", "plug")
+DEFAULT_MAX_BODY_BYTES = 65536
+
+
+def split_tokens(value: str | None) -> tuple[str, ...]:
+    """Return the non-empty tokens of a comma-separated list."""
+    return tuple(token.strip() for token in (value or "").split(",") if token.strip())
+
+
+def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Return the app's settings from environment variables."""
+    return {
+        "DATABASE_URL": env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+        "REDIS_URL": env.get("REDIS_URL", DEFAULT_REDIS_URL),
+        "API_TOKEN": env.get("API_TOKEN", ""),
+        "WEBHOOK_TOKENS": {
+            provider: split_tokens(env.get(f"{provider.upper()}_WEBHOOK_TOKENS"))
+            for provider in PROVIDERS
+        },
+        "MAX_BODY_BYTES": int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+        "RETRY_AFTER_SECONDS": int(env.get("RETRY_AFTER_SECONDS", "5")),
+    }
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Fail at start-up, with the fix, when a required setting is missing."""
+    if not config["API_TOKEN"]:
+        raise RuntimeError(
+            "API_TOKEN is not set: set it to a long random string; it guards the read API "
+            "(GET /messages/...). `make run` generates one in var/secrets.env."
+        )

@@ -1,0 +1,46 @@
+"""The read API: one message's status and history, for the business that sent it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Response, current_app, jsonify, request
+from psycopg_pool import PoolTimeout
+
+from app.auth import header_token, token_matches
+from app.errors import ApiError
+from workers import store
+from workers.db import get_pool
+
+bp = Blueprint("messages", __name__)
+
+
+def require_api_token() -> None:
+    """Refuse the request unless it carries ``Authorization: Bearer <API_TOKEN>``."""
+    given = header_token(request.headers.get("Authorization"))
+    if not token_matches(given, [current_app.config["API_TOKEN"]]):
+        raise ApiError(401, "missing or invalid API token", {"WWW-Authenticate": "Bearer"})
+
+
+def to_json(value: Any) -> Any:
+    """Render datetimes as ISO 8601 in UTC with an offset; leave the rest."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    return value
+
+
+@bp.get("/messages/<provider>/<path:message_id>")
+def show(provider: str, message_id: str) -> Response:
+    """Return a message's current status and its events, oldest first."""
+    require_api_token()
+    try:
+        with get_pool(current_app.config["DATABASE_URL"]).connection(timeout=5) as conn:
+            message = store.fetch_message(conn, provider, message_id)
+    except (psycopg.OperationalError, PoolTimeout):
+        raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None
+    if message is None:
+        raise ApiError(404, "message not found")
+    message["events"] = [{k: to_json(v) for k, v in e.items()} for e in message["events"]]
+    return jsonify({k: to_json(v) for k, v in message.items()})

@@ -1,0 +1,30 @@
+"""Provider schemas: turn a callback body into canonical status events. No I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any, Protocol
+
+from schemas.events import StatusEvent
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """What a callback body holds: status events, or another webhook type to ignore."""
+
+    events: list[StatusEvent]
+    ignored: str | None = None
+
+
+class Provider(Protocol):
+    """A provider dialect: one function from a JSON body to canonical events."""
+
+    def __call__(self, body: Any, *, received_at: datetime, request_id: str) -> Parsed: ...
+
+
+def providers() -> dict[str, Provider]:
+    """Return the parser of every supported provider, by its URL name."""
+    from schemas import greenapi, plug, zapi
+
+    return {"zapi": zapi.parse, "greenapi": greenapi.parse, "plug": plug.parse}

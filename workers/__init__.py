@@ -1,0 +1,1 @@
+"""Celery workers: apply canonical status events to Postgres."""

@@ -1,0 +1,45 @@
+"""The Celery application: broker settings shared by the web (publisher) and the workers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+APPLY_EVENTS = "ticks.apply_events"
+QUARANTINE = "ticks.quarantine"
+QUEUE = "ticks"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Redis redelivers a message not acknowledged within this many seconds. It must exceed
+# the longest retry countdown (RETRY_BACKOFF_MAX): a retried task waits, unacknowledged,
+# in the worker until its ETA, and a shorter timeout would deliver it twice meanwhile.
+VISIBILITY_TIMEOUT = 3600
+RETRY_BACKOFF_MAX = 300
+
+
+def make_celery(broker_url: str, **transport_options: Any) -> Celery:
+    """Create a Celery app for ``broker_url``; JSON only, late acks, no result backend."""
+    app = Celery("ticks", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=QUEUE,
+        # A message is acknowledged only after its events are committed; a worker killed
+        # mid-task leaves it unacknowledged, and reject_on_worker_lost requeues it.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=4,
+        # With late acks a task cut off by a lost broker connection must not be acked
+        # later on a new connection; cancelling it lets the broker redeliver it.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **transport_options},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+app.conf.include = ["workers.tasks"]

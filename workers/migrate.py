@@ -1,0 +1,55 @@
+"""Apply the numbered SQL files in migrations/ in order, each once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import psycopg
+
+from workers.db import database_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Any constant shared by every migrator: concurrent releases wait for each other.
+ADVISORY_LOCK_ID = 7_406_301
+
+CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text        PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def pending(conn: psycopg.Connection) -> list[Path]:
+    """Return the migration files not yet applied, in order."""
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    return [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.stem not in applied]
+
+
+def migrate(conninfo: str) -> list[str]:
+    """Apply every pending migration in one transaction; return their names."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+        conn.execute(CREATE_LEDGER)
+        done = []
+        for path in pending(conn):
+            conn.execute(path.read_text())  # type: ignore[call-overload]
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+            done.append(path.stem)
+    return done
+
+
+def main() -> int:
+    """Migrate the database named by DATABASE_URL."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    done = migrate(database_url())
+    log.info("applied %d migration(s): %s", len(done), ", ".join(done) or "none pending")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

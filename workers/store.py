@@ -1,0 +1,176 @@
+"""All SQL. Dedupe and monotonicity are enforced here, by Postgres, for many workers at once.
+
+How a batch is applied, in one transaction:
+1. Events are sorted by message, so every transaction takes message locks in one order
+   and two workers never deadlock on each other's batches.
+2. Per message, LOCK_MESSAGE upserts the row (creating it if new) and so holds its lock
+   until commit: every event of that message in other transactions waits behind it.
+3. Per event, APPLY_EVENT inserts the history row (the unique constraint drops a repeat)
+   and, only if it was inserted, moves the message with ticks_next_status().
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+from collections import Counter
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from schemas.events import StatusEvent
+from workers.statuses import PROGRESS
+
+LOCK_MESSAGE = """
+INSERT INTO messages AS m (provider, message_id, phone, chat_id, is_group, instance_id)
+VALUES (%(provider)s, %(message_id)s, %(phone)s, %(chat_id)s, %(is_group)s, %(instance_id)s)
+ON CONFLICT (provider, message_id) DO UPDATE SET
+    phone = COALESCE(m.phone, EXCLUDED.phone),
+    chat_id = COALESCE(m.chat_id, EXCLUDED.chat_id),
+    is_group = COALESCE(m.is_group, EXCLUDED.is_group),
+    instance_id = COALESCE(m.instance_id, EXCLUDED.instance_id)
+"""
+
+# Each <status>_at keeps the first time that status was seen even when it did not move the
+# message (a late received after read still fills received_at); failed_at and the reason
+# are set only when the failure is believed.
+APPLY_EVENT = """
+WITH old AS (
+    SELECT status FROM messages
+    WHERE provider = %(provider)s AND message_id = %(message_id)s
+), ev AS (
+    INSERT INTO status_events (provider, message_id, status, raw_status, occurred_at,
+                               received_at, failure_reason, request_id, applied)
+    SELECT %(provider)s, %(message_id)s, %(status)s, %(raw_status)s, %(occurred_at)s,
+           %(received_at)s, %(failure_reason)s, %(request_id)s,
+           %(status)s = 'read_by_me'
+               OR ticks_next_status(old.status, %(status)s) IS DISTINCT FROM old.status
+    FROM old
+    ON CONFLICT ON CONSTRAINT status_events_once DO NOTHING
+    RETURNING applied
+), moved AS (
+    UPDATE messages m SET
+        status = ticks_next_status(m.status, %(status)s),
+        sent_at = CASE WHEN %(status)s = 'sent'
+                       THEN COALESCE(m.sent_at, %(occurred_at)s) ELSE m.sent_at END,
+        received_at = CASE WHEN %(status)s = 'received'
+                           THEN COALESCE(m.received_at, %(occurred_at)s) ELSE m.received_at END,
+        read_at = CASE WHEN %(status)s = 'read'
+                       THEN COALESCE(m.read_at, %(occurred_at)s) ELSE m.read_at END,
+        played_at = CASE WHEN %(status)s = 'played'
+                         THEN COALESCE(m.played_at, %(occurred_at)s) ELSE m.played_at END,
+        read_by_me_at = CASE WHEN %(status)s = 'read_by_me'
+                             THEN COALESCE(m.read_by_me_at, %(occurred_at)s)
+                             ELSE m.read_by_me_at END,
+        failed_at = CASE WHEN %(status)s = 'failed' AND ev.applied
+                         THEN %(occurred_at)s ELSE m.failed_at END,
+        failure_reason = CASE WHEN %(status)s = 'failed' AND ev.applied
+                              THEN %(failure_reason)s ELSE m.failure_reason END,
+        updated_at = now()
+    FROM ev
+    WHERE m.provider = %(provider)s AND m.message_id = %(message_id)s
+)
+SELECT applied FROM ev
+"""
+
+NEXT_STATUS = "SELECT ticks_next_status(%s, %s)"
+
+INSERT_QUARANTINE = """
+INSERT INTO quarantine (request_id, provider, reason, errors, raw_body, content_type, received_at)
+VALUES (%(request_id)s, %(provider)s, %(reason)s, %(errors)s, %(raw_body)s, %(content_type)s,
+        %(received_at)s)
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+SELECT_MESSAGE = """
+SELECT provider, message_id, status, phone, chat_id, is_group, instance_id, sent_at,
+       received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, updated_at
+FROM messages WHERE provider = %(provider)s AND message_id = %(message_id)s
+"""
+
+SELECT_EVENTS = """
+SELECT status, raw_status, occurred_at, received_at, applied
+FROM status_events WHERE provider = %(provider)s AND message_id = %(message_id)s
+ORDER BY occurred_at, id
+"""
+
+
+class Outcome(enum.Enum):
+    """What became of one event."""
+
+    APPLIED = "applied"
+    REFUSED = "refused"  # recorded in history, but the rules kept the message where it was
+    DUPLICATE = "duplicate"  # seen before: nothing written
+
+
+def event_order(event: StatusEvent) -> tuple[str, str, int]:
+    """Sort key: by message (the lock order), then in progress order."""
+    status_rank = PROGRESS.index(event.status) if event.status in PROGRESS else len(PROGRESS)
+    return (event.provider, event.message_id, status_rank)
+
+
+def merged_identity(events: list[StatusEvent]) -> dict[str, Any]:
+    """Return a message's identity fields, the first known value of each across events."""
+    first = events[0]
+    identity: dict[str, Any] = {"provider": first.provider, "message_id": first.message_id}
+    for name in ("phone", "chat_id", "is_group", "instance_id"):
+        identity[name] = next((getattr(e, name) for e in events if getattr(e, name) is not None), None)
+    return identity
+
+
+def apply_events(conn: psycopg.Connection, events: list[StatusEvent]) -> Counter[Outcome]:
+    """Apply events in the caller's transaction; return how many had each outcome."""
+    outcomes: Counter[Outcome] = Counter()
+    ordered = sorted(events, key=event_order)
+    with conn.cursor() as cur:
+        for _, group in itertools.groupby(ordered, key=lambda e: (e.provider, e.message_id)):
+            batch = list(group)
+            cur.execute(LOCK_MESSAGE, merged_identity(batch))
+            for event in batch:
+                cur.execute(APPLY_EVENT, event_params(event))
+                row = cur.fetchone()
+                if row is None:
+                    outcomes[Outcome.DUPLICATE] += 1
+                else:
+                    outcomes[Outcome.APPLIED if row[0] else Outcome.REFUSED] += 1
+    return outcomes
+
+
+def event_params(event: StatusEvent) -> dict[str, Any]:
+    """Return the query parameters of one event."""
+    return {
+        "provider": event.provider,
+        "message_id": event.message_id,
+        "status": event.status,
+        "raw_status": event.raw_status,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "failure_reason": event.failure_reason,
+        "request_id": event.request_id,
+    }
+
+
+def sql_next_status(conn: psycopg.Connection, current: str | None, incoming: str) -> str | None:
+    """Ask the database's copy of the rule where ``current`` goes on ``incoming``."""
+    row = conn.execute(NEXT_STATUS, (current, incoming)).fetchone()
+    return row[0] if row else None
+
+
+def record_quarantine(conn: psycopg.Connection, record: dict[str, Any]) -> bool:
+    """Store a callback that failed validation; return False if it was stored already."""
+    params = {**record, "errors": json.dumps(record["errors"])}
+    return conn.execute(INSERT_QUARANTINE, params).rowcount == 1
+
+
+def fetch_message(conn: psycopg.Connection, provider: str, message_id: str) -> dict[str, Any] | None:
+    """Return a message with its event history, or None if it was never seen."""
+    key = {"provider": provider, "message_id": message_id}
+    with conn.cursor(row_factory=dict_row) as cur:
+        message = cur.execute(SELECT_MESSAGE, key).fetchone()
+        if message is None:
+            return None
+        message["events"] = cur.execute(SELECT_EVENTS, key).fetchall()
+    return message
+
