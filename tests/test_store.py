@@ -173,8 +173,13 @@ def test_migrations_apply_once(database_url):
     assert migrate(database_url) == []
 
 
-def run_concurrently(database_url: str, batches: list[list[StatusEvent]]) -> None:
-    """Apply each batch in its own connection, all released at the same moment."""
+def run_concurrently(
+    database_url: str, batches: list[list[StatusEvent]], per_event: bool = False
+) -> None:
+    """Apply each batch in its own connection, all released at the same moment.
+
+    With ``per_event`` every event is its own transaction: the most interleaving.
+    """
     barrier = threading.Barrier(len(batches))
     errors: list[BaseException] = []
 
@@ -182,8 +187,9 @@ def run_concurrently(database_url: str, batches: list[list[StatusEvent]]) -> Non
         try:
             with psycopg.connect(database_url) as conn:
                 barrier.wait()
-                with conn.transaction():
-                    store.apply_events(conn, batch)
+                for chunk in [[e] for e in batch] if per_event else [batch]:
+                    with conn.transaction():
+                        store.apply_events(conn, chunk)
         except BaseException as exc:
             errors.append(exc)
 
@@ -221,6 +227,19 @@ def assert_history_replays_to(final: str | None, rows: list[tuple[str, bool]]) -
         assert applied == is_applied(state, status), (rows, status)
         state = next_status(state, status)
     assert final == state, rows
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_event_per_transaction_races_keep_history_consistent(db, database_url, seed):
+    rng = random.Random(seed)
+    ids = [f"H{i}" for i in range(3)]
+    pool = [event(s, mid) for mid in ids for s in EVENT_STATUSES] * 4
+    rng.shuffle(pool)
+    run_concurrently(database_url, [pool[i::4] for i in range(4)], per_event=True)
+    for mid in ids:
+        rows = history(db, mid)
+        assert len(rows) == len(EVENT_STATUSES)
+        assert_history_replays_to(message(db, mid)["status"], rows)
 
 
 def test_without_failed_any_order_ends_at_the_furthest_status(db, database_url):
