@@ -1,0 +1,70 @@
+"""The read API: a message's status and history, behind API_TOKEN."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from schemas import providers
+from schemas.events import StatusEvent
+from tests.conftest import API_TOKEN, load_fixture
+from workers import store
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+PARSERS = providers()
+
+
+def apply_fixture(db, provider: str, name: str) -> list[StatusEvent]:
+    received = datetime.fromisoformat("2026-11-22T10:00:00+00:00")
+    events = PARSERS[provider](load_fixture(provider, name), received_at=received,
+                               request_id="r").events
+    with db.transaction():
+        store.apply_events(db, events)
+    return events
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
+                                     {"Authorization": "Bearer " + API_TOKEN[:-1]},
+                                     {"Authorization": "Basic " + API_TOKEN + " x"}])
+def test_read_api_refuses_without_its_token(client, headers):
+    response = client.get("/messages/zapi/999999999999999999999", headers=headers)
+    assert response.status_code == 401
+    assert response.json["error"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_unknown_message_is_404(client):
+    response = client.get("/messages/zapi/nope", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json == {"error": "message not found"}
+
+
+def test_message_shows_status_times_and_history(client, db):
+    apply_fixture(db, "zapi", "seed_read")
+    apply_fixture(db, "zapi", "seed_sent")
+    response = client.get("/messages/zapi/999999999999999999999", headers=AUTH)
+    assert response.status_code == 200
+    body = response.json
+    assert list(body) == [
+        "provider", "message_id", "status", "phone", "chat_id", "is_group", "instance_id",
+        "sent_at", "received_at", "read_at", "played_at", "failed_at", "read_by_me_at",
+        "failure_reason", "updated_at", "events"]
+    assert body["status"] == "read"
+    assert body["phone"] == "5544999999999"  # whole: the caller is trusted
+    assert body["sent_at"] == "2021-09-21T14:30:45+00:00"
+    assert body["read_at"] == "2021-09-21T14:30:45+00:00"
+    assert body["received_at"] is None
+    assert datetime.fromisoformat(body["updated_at"]).utcoffset() is not None
+    assert [(e["status"], e["raw_status"], e["applied"]) for e in body["events"]] == [
+        ("read", "READ", True), ("sent", "SENT", False)]
+    assert body["events"][0]["received_at"] == "2026-11-22T10:00:00+00:00"
+
+
+def test_green_api_failure_shows_reason(client, db):
+    apply_fixture(db, "greenapi", "seed_failed")
+    body = client.get("/messages/greenapi/3EB0608D6A2901063D63", headers=AUTH).json
+    assert body["status"] == "failed"
+    assert body["failure_reason"].startswith("failed: Parameter value is not valid")
+    assert body["failed_at"] == "2020-04-12T14:13:22+00:00"
+    assert body["chat_id"] == "11001234567890@c.us"
