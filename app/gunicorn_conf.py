@@ -13,3 +13,9 @@ preload_app = True
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# The app logs through the root logger (one line per callback); send it to stderr too.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": loglevel.upper(), "handlers": ["console"]},
+}

@@ -83,8 +83,9 @@ def database_url(postgres_url: str) -> Iterator[str]:
     os.environ["DATABASE_URL"] = url
     yield url
     close_pool()
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    if os.environ.get("TEST_DATABASE_URL"):  # an embedded server is discarded whole
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,8 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **transport_options},
-        worker_hijack_root_logger=False,
+        # Flower and `celery events` follow tasks through these events.
+        worker_send_task_events=True,
     )
     return app
 

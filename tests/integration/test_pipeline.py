@@ -61,7 +61,10 @@ def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
     assert message["status"] == "played"
     assert message["read_by_me_at"] is not None
     assert all(message[f"{s}_at"] for s in ("sent", "received", "read", "played"))
-    assert "5544999999999" not in worker.output()  # phones are masked in worker logs
+    logged = worker.output()
+    assert "message_id=999999999999999999999" in logged
+    assert "phone=*********9999" in logged  # masked: the last four digits only
+    assert "5544999999999" not in logged
 
 
 def test_quarantined_body_lands_in_postgres(client, db, start_worker):

