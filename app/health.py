@@ -24,8 +24,9 @@ def healthz() -> Response:
 def database_answers() -> bool:
     """Return whether the database answers a query within the timeout."""
     try:
-        with psycopg.connect(current_app.config["DATABASE_URL"],
-                             connect_timeout=DATABASE_TIMEOUT_SECONDS) as conn:
+        with psycopg.connect(
+            current_app.config["DATABASE_URL"], connect_timeout=DATABASE_TIMEOUT_SECONDS
+        ) as conn:
             conn.execute("SELECT 1")
         return True
     except psycopg.Error as exc:

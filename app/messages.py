@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -27,7 +27,7 @@ def require_api_token() -> None:
 def to_json(value: Any) -> Any:
     """Render datetimes as ISO 8601 in UTC with an offset; leave the rest."""
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat()
+        return value.astimezone(UTC).isoformat()
     return value
 
 

@@ -19,10 +19,18 @@ EXTENSION = "ticks.celery"
 # A dead or unreachable broker must be answered 503 within 2 s, so every wait is short:
 # connect and socket timeouts of 0.5 s, and one retry of the publish.
 PUBLISH_SOCKET_TIMEOUT = 0.5
-PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2,
-                        "interval_max": 0.2}
-BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError,
-                 socket.timeout)
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.1,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+BROKER_ERRORS = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.RedisError,
+    OSError,
+    socket.timeout,
+)
 
 
 class QueueUnavailable(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
@@ -34,11 +34,12 @@ def receive(provider: str, token: str | None) -> Response:
     accepted_tokens = current_app.config["WEBHOOK_TOKENS"].get(provider)
     if provider not in PARSERS or not accepted_tokens:
         abort(404)
-    if not token_matches(token or header_token(request.headers.get("Authorization")),
-                         accepted_tokens):
+    if not token_matches(
+        token or header_token(request.headers.get("Authorization")), accepted_tokens
+    ):
         raise ApiError(401, "missing or invalid token")
     body, raw = read_json_body()
-    received_at = datetime.now(timezone.utc)
+    received_at = datetime.now(UTC)
     request_id = uuid.uuid4().hex
     try:
         parsed = PARSERS[provider](body, received_at=received_at, request_id=request_id)
@@ -47,10 +48,19 @@ def receive(provider: str, token: str | None) -> Response:
     if parsed.ignored is not None:
         log.info("ignored provider=%s type=%s", provider, parsed.ignored)
         return jsonify(accepted=0, ignored=parsed.ignored)
-    publish(APPLY_EVENTS, dump_events(parsed.events), request_id,
-            f"[{len(parsed.events)} {provider} events]")
-    log.info("accepted provider=%s events=%d request_id=%s message_ids=%s", provider,
-             len(parsed.events), request_id, ",".join(e.message_id for e in parsed.events[:10]))
+    publish(
+        APPLY_EVENTS,
+        dump_events(parsed.events),
+        request_id,
+        f"[{len(parsed.events)} {provider} events]",
+    )
+    log.info(
+        "accepted provider=%s events=%d request_id=%s message_ids=%s",
+        provider,
+        len(parsed.events),
+        request_id,
+        ",".join(e.message_id for e in parsed.events[:10]),
+    )
     return jsonify(accepted=len(parsed.events))
 
 
@@ -72,8 +82,9 @@ def normalize_errors(messages: Any) -> Any:
     return messages
 
 
-def quarantine(provider: str, raw: bytes, errors: dict[str, Any], received_at: datetime,
-               request_id: str) -> Response:
+def quarantine(
+    provider: str, raw: bytes, errors: dict[str, Any], received_at: datetime, request_id: str
+) -> Response:
     """Keep an invalid body through the queue, then answer 422 (200 for Green-API)."""
     record = {
         "request_id": request_id,
@@ -85,8 +96,12 @@ def quarantine(provider: str, raw: bytes, errors: dict[str, Any], received_at: d
         "received_at": received_at.isoformat(),
     }
     publish(QUARANTINE, record, request_id, f"[{provider} quarantine]")
-    log.warning("invalid provider=%s request_id=%s fields=%s", provider, request_id,
-                ",".join(sorted(errors)))
+    log.warning(
+        "invalid provider=%s request_id=%s fields=%s",
+        provider,
+        request_id,
+        ",".join(sorted(errors)),
+    )
     if provider in ANSWER_INVALID_WITH_200:
         return jsonify(accepted=0, quarantined=True, errors=errors)
     response = jsonify(error="invalid callback", errors=errors)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import ValidationError, fields
@@ -27,7 +27,7 @@ class EpochTimestamp(fields.Field):
         if not (text.isascii() and text.isdigit()):
             raise ValidationError("Must be an integer epoch timestamp.")
         try:
-            return datetime.fromtimestamp(int(text) / self.per_second, tz=timezone.utc)
+            return datetime.fromtimestamp(int(text) / self.per_second, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise ValidationError("Timestamp out of range.") from None
 

@@ -17,16 +17,23 @@ PARSERS = providers()
 
 def apply_fixture(db, provider: str, name: str) -> list[StatusEvent]:
     received = datetime.fromisoformat("2026-11-22T10:00:00+00:00")
-    events = PARSERS[provider](load_fixture(provider, name), received_at=received,
-                               request_id="r").events
+    events = PARSERS[provider](
+        load_fixture(provider, name), received_at=received, request_id="r"
+    ).events
     with db.transaction():
         store.apply_events(db, events)
     return events
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
-                                     {"Authorization": "Bearer " + API_TOKEN[:-1]},
-                                     {"Authorization": "Basic " + API_TOKEN + " x"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Bearer " + API_TOKEN[:-1]},
+        {"Authorization": "Basic " + API_TOKEN + " x"},
+    ],
+)
 def test_read_api_refuses_without_its_token(client, headers):
     response = client.get("/messages/zapi/999999999999999999999", headers=headers)
     assert response.status_code == 401
@@ -47,9 +54,23 @@ def test_message_shows_status_times_and_history(client, db):
     assert response.status_code == 200
     body = response.json
     assert list(body) == [
-        "provider", "message_id", "status", "phone", "chat_id", "is_group", "instance_id",
-        "sent_at", "received_at", "read_at", "played_at", "failed_at", "read_by_me_at",
-        "failure_reason", "updated_at", "events"]
+        "provider",
+        "message_id",
+        "status",
+        "phone",
+        "chat_id",
+        "is_group",
+        "instance_id",
+        "sent_at",
+        "received_at",
+        "read_at",
+        "played_at",
+        "failed_at",
+        "read_by_me_at",
+        "failure_reason",
+        "updated_at",
+        "events",
+    ]
     assert body["status"] == "read"
     assert body["phone"] == "5544999999999"  # whole: the caller is trusted
     assert body["sent_at"] == "2021-09-21T14:30:45+00:00"
@@ -57,7 +78,9 @@ def test_message_shows_status_times_and_history(client, db):
     assert body["received_at"] is None
     assert datetime.fromisoformat(body["updated_at"]).utcoffset() is not None
     assert [(e["status"], e["raw_status"], e["applied"]) for e in body["events"]] == [
-        ("read", "READ", True), ("sent", "SENT", False)]
+        ("read", "READ", True),
+        ("sent", "SENT", False),
+    ]
     assert body["events"][0]["received_at"] == "2026-11-22T10:00:00+00:00"
 
 

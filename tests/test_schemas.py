@@ -1,6 +1,6 @@
 """Provider bodies become canonical events; invalid bodies name the offending field."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from marshmallow import ValidationError
@@ -9,7 +9,7 @@ from schemas import providers
 from schemas.events import dump_events, load_events
 from tests.conftest import fixture_names, load_fixture
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 PARSERS = providers()
 
 
@@ -18,8 +18,14 @@ def parse(provider, body):
 
 
 def zapi_body(**fields):
-    body = {"status": "SENT", "ids": ["MSG1"], "momment": 1632234645000,
-            "phone": "5544999999999", "type": "MessageStatusCallback", "instanceId": "inst"}
+    body = {
+        "status": "SENT",
+        "ids": ["MSG1"],
+        "momment": 1632234645000,
+        "phone": "5544999999999",
+        "type": "MessageStatusCallback",
+        "instanceId": "inst",
+    }
     body.update(fields)
     return {k: v for k, v in body.items() if v is not None}
 
@@ -30,12 +36,25 @@ def green_body(**fields):
     return body
 
 
-ZAPI_MAPPING = [("SENT", "sent"), ("RECEIVED", "received"), ("MESSAGE_RECEIVED", "received"),
-                ("READ", "read"), ("PLAYED", "played"), ("READ_BY_ME", "read_by_me"),
-                ("READ-SELF", "read_by_me")]
-GREEN_MAPPING = [("sent", "sent"), ("delivered", "received"), ("read", "read"),
-                 ("failed", "failed"), ("noAccount", "failed"), ("notInGroup", "failed"),
-                 ("yellowCard", "failed"), ("noActiveSession", "failed")]
+ZAPI_MAPPING = [
+    ("SENT", "sent"),
+    ("RECEIVED", "received"),
+    ("MESSAGE_RECEIVED", "received"),
+    ("READ", "read"),
+    ("PLAYED", "played"),
+    ("READ_BY_ME", "read_by_me"),
+    ("READ-SELF", "read_by_me"),
+]
+GREEN_MAPPING = [
+    ("sent", "sent"),
+    ("delivered", "received"),
+    ("read", "read"),
+    ("failed", "failed"),
+    ("noAccount", "failed"),
+    ("notInGroup", "failed"),
+    ("yellowCard", "failed"),
+    ("noActiveSession", "failed"),
+]
 
 
 @pytest.mark.parametrize("provider", ["zapi", "plug"])
@@ -86,7 +105,7 @@ def test_every_fixture_parses(provider):
 def test_zapi_seed_fields_become_the_canonical_event():
     [event] = parse("zapi", load_fixture("zapi", "seed_read_by_me")).events
     assert event.message_id == "999999999999999999999"
-    assert event.occurred_at == datetime(2021, 9, 21, 14, 30, 45, tzinfo=timezone.utc)
+    assert event.occurred_at == datetime(2021, 9, 21, 14, 30, 45, tzinfo=UTC)
     assert event.received_at == NOW
     assert event.phone == "5544999999999"
     assert event.is_group is False
@@ -97,13 +116,14 @@ def test_zapi_seed_fields_become_the_canonical_event():
 def test_green_api_seed_fields_become_the_canonical_event():
     [event] = parse("greenapi", load_fixture("greenapi", "seed_failed")).events
     assert event.message_id == "3EB0608D6A2901063D63"
-    assert event.occurred_at == datetime(2020, 4, 12, 14, 13, 22, tzinfo=timezone.utc)
+    assert event.occurred_at == datetime(2020, 4, 12, 14, 13, 22, tzinfo=UTC)
     assert event.phone == "11001234567890"
     assert event.chat_id == "11001234567890@c.us"
     assert event.is_group is False
     assert event.instance_id == "1234"
     assert event.failure_reason == (
-        "failed: Parameter value is not valid, Invalid phone number or wa_id")
+        "failed: Parameter value is not valid, Invalid phone number or wa_id"
+    )
 
 
 def test_green_api_group_chat_is_a_group_without_phone():
@@ -123,7 +143,10 @@ def test_zapi_group_keeps_chat_id_and_no_phone():
 def test_multi_id_callback_gives_one_event_per_id():
     events = parse("zapi", load_fixture("zapi", "multi_ids")).events
     assert [e.message_id for e in events] == [
-        "3EB0A1B2C3D4E5F60001", "3EB0A1B2C3D4E5F60002", "3EB0A1B2C3D4E5F60003"]
+        "3EB0A1B2C3D4E5F60001",
+        "3EB0A1B2C3D4E5F60002",
+        "3EB0A1B2C3D4E5F60003",
+    ]
     assert {e.status for e in events} == {"received"}
 
 
@@ -134,7 +157,7 @@ def test_repeated_id_in_one_callback_gives_one_event():
 
 def test_momment_as_string_of_digits_is_milliseconds():
     [event] = parse("zapi", load_fixture("zapi", "momment_as_string")).events
-    assert event.occurred_at == datetime(2024, 11, 22, 12, 53, 22, tzinfo=timezone.utc)
+    assert event.occurred_at == datetime(2024, 11, 22, 12, 53, 22, tzinfo=UTC)
 
 
 def test_phone_is_stored_as_digits_only():

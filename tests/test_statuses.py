@@ -6,14 +6,38 @@ from workers.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
 
 # current status -> incoming event -> resulting status. Written out by hand, not derived.
 EXPECTED = {
-    None: {"sent": "sent", "received": "received", "read": "read", "played": "played",
-           "failed": "failed", "read_by_me": None},
-    "sent": {"sent": "sent", "received": "received", "read": "read", "played": "played",
-             "failed": "failed", "read_by_me": "sent"},
-    "received": {"sent": "received", "received": "received", "read": "read",
-                 "played": "played", "failed": "received", "read_by_me": "received"},
-    "read": {"sent": "read", "received": "read", "read": "read", "played": "played",
-             "failed": "read", "read_by_me": "read"},
+    None: {
+        "sent": "sent",
+        "received": "received",
+        "read": "read",
+        "played": "played",
+        "failed": "failed",
+        "read_by_me": None,
+    },
+    "sent": {
+        "sent": "sent",
+        "received": "received",
+        "read": "read",
+        "played": "played",
+        "failed": "failed",
+        "read_by_me": "sent",
+    },
+    "received": {
+        "sent": "received",
+        "received": "received",
+        "read": "read",
+        "played": "played",
+        "failed": "received",
+        "read_by_me": "received",
+    },
+    "read": {
+        "sent": "read",
+        "received": "read",
+        "read": "read",
+        "played": "played",
+        "failed": "read",
+        "read_by_me": "read",
+    },
     "played": dict.fromkeys(EVENT_STATUSES, "played"),
     "failed": dict.fromkeys(EVENT_STATUSES, "failed"),
 }

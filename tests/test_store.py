@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -15,15 +15,19 @@ from workers.migrate import migrate
 from workers.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
 from workers.store import Outcome
 
-T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 OFFSET = {"sent": 0, "received": 1, "read": 2, "played": 3, "failed": 4, "read_by_me": 5}
 
 
 def event(status: str, message_id: str = "M1", provider: str = "zapi", **fields) -> StatusEvent:
     values = {
-        "provider": provider, "message_id": message_id, "status": status,
-        "raw_status": status.upper(), "occurred_at": T0 + timedelta(seconds=OFFSET[status]),
-        "received_at": T0 + timedelta(minutes=1), "phone": "5511987654321",
+        "provider": provider,
+        "message_id": message_id,
+        "status": status,
+        "raw_status": status.upper(),
+        "occurred_at": T0 + timedelta(seconds=OFFSET[status]),
+        "received_at": T0 + timedelta(minutes=1),
+        "phone": "5511987654321",
         "failure_reason": "noAccount" if status == "failed" else None,
     }
     values.update(fields)
@@ -56,15 +60,19 @@ def test_every_pair_of_events_in_postgres_follows_the_rule_table(db, pair):
     apply(db, event(second))
     after_first = next_status(None, first)
     assert message(db)["status"] == next_status(after_first, second)
-    assert history(db) == [(first, is_applied(None, first)),
-                           (second, is_applied(after_first, second))]
+    assert history(db) == [
+        (first, is_applied(None, first)),
+        (second, is_applied(after_first, second)),
+    ]
 
 
 def test_sql_rule_agrees_with_python_on_every_pair(db):
     for current in (None, *STATUSES):
         for incoming in EVENT_STATUSES:
             assert store.sql_next_status(db, current, incoming) == next_status(current, incoming), (
-                current, incoming)
+                current,
+                incoming,
+            )
 
 
 def test_duplicate_sent_is_recorded_once(db):
@@ -124,17 +132,29 @@ def test_read_by_me_alone_creates_a_message_without_status(db):
 def test_forward_jump_from_nothing_to_played(db):
     apply(db, event("played"))
     row = message(db)
-    assert (row["status"], row["played_at"], row["sent_at"]) == ("played", T0 + timedelta(seconds=3), None)
+    assert (row["status"], row["played_at"], row["sent_at"]) == (
+        "played",
+        T0 + timedelta(seconds=3),
+        None,
+    )
 
 
 def test_identity_fields_are_kept_from_the_first_event_that_has_them(db):
     apply(db, event("sent", phone=None, instance_id=None))
-    apply(db, event("received", phone="5511000000000", instance_id="inst", chat_id="c@c.us",
-                    is_group=False))
+    apply(
+        db,
+        event(
+            "received", phone="5511000000000", instance_id="inst", chat_id="c@c.us", is_group=False
+        ),
+    )
     apply(db, event("read", phone="5599999999999", instance_id="other"))
     row = message(db)
     assert (row["phone"], row["instance_id"], row["chat_id"], row["is_group"]) == (
-        "5511000000000", "inst", "c@c.us", False)
+        "5511000000000",
+        "inst",
+        "c@c.us",
+        False,
+    )
 
 
 def test_same_message_id_of_two_providers_are_two_messages(db):
@@ -158,9 +178,15 @@ def test_a_batch_is_one_transaction(db):
 
 
 def test_quarantine_is_stored_once_per_request(db):
-    record = {"request_id": "r1", "provider": "zapi", "reason": "validation",
-              "errors": {"ids": ["Missing data for required field."]}, "raw_body": '{"a": 1}',
-              "content_type": "application/json", "received_at": T0}
+    record = {
+        "request_id": "r1",
+        "provider": "zapi",
+        "reason": "validation",
+        "errors": {"ids": ["Missing data for required field."]},
+        "raw_body": '{"a": 1}',
+        "content_type": "application/json",
+        "received_at": T0,
+    }
     with db.transaction():
         assert store.record_quarantine(db, record)
     with db.transaction():

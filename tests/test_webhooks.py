@@ -19,13 +19,22 @@ def test_zapi_callback_is_accepted_and_enqueued(client, broker):
     assert response.json == {"accepted": 1}
     [(task, events)] = queued(broker)
     assert task == "ticks.apply_events"
-    assert events == [{
-        "provider": "zapi", "message_id": "999999999999999999999", "status": "sent",
-        "raw_status": "SENT", "occurred_at": "2021-09-21T14:30:45+00:00",
-        "received_at": events[0]["received_at"], "phone": "5544999999999",
-        "chat_id": "5544999999999", "is_group": None, "instance_id": "instance.id",
-        "failure_reason": None, "request_id": events[0]["request_id"],
-    }]
+    assert events == [
+        {
+            "provider": "zapi",
+            "message_id": "999999999999999999999",
+            "status": "sent",
+            "raw_status": "SENT",
+            "occurred_at": "2021-09-21T14:30:45+00:00",
+            "received_at": events[0]["received_at"],
+            "phone": "5544999999999",
+            "chat_id": "5544999999999",
+            "is_group": None,
+            "instance_id": "instance.id",
+            "failure_reason": None,
+            "request_id": events[0]["request_id"],
+        }
+    ]
 
 
 def test_multi_id_callback_accepts_one_event_per_id(client, broker):
@@ -33,14 +42,25 @@ def test_multi_id_callback_accepts_one_event_per_id(client, broker):
     assert response.json == {"accepted": 3}
     [(_, events)] = queued(broker)
     assert [e["message_id"] for e in events] == [
-        "3EB0A1B2C3D4E5F60001", "3EB0A1B2C3D4E5F60002", "3EB0A1B2C3D4E5F60003"]
+        "3EB0A1B2C3D4E5F60001",
+        "3EB0A1B2C3D4E5F60002",
+        "3EB0A1B2C3D4E5F60003",
+    ]
 
 
-@pytest.mark.parametrize("header", ["Bearer zapi-secret-one", "Token zapi-secret-one",
-                                    "zapi-secret-one", "Bearer zapi-secret-two"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer zapi-secret-one",
+        "Token zapi-secret-one",
+        "zapi-secret-one",
+        "Bearer zapi-secret-two",
+    ],
+)
 def test_token_in_authorization_header(client, broker, header):
-    response = client.post("/webhooks/zapi", json=load_fixture("zapi", "seed_read"),
-                           headers={"Authorization": header})
+    response = client.post(
+        "/webhooks/zapi", json=load_fixture("zapi", "seed_read"), headers={"Authorization": header}
+    )
     assert response.status_code == 200
     assert len(queued(broker)) == 1
 
@@ -75,8 +95,9 @@ def test_unknown_provider_is_404(client):
 
 def test_provider_without_tokens_is_404(database_url, redis_url, broker):
     app = make_app(database_url, redis_url, WEBHOOK_TOKENS={"zapi": ("t",), "plug": ()})
-    response = app.test_client().post("/webhooks/plug/anything",
-                                      json=load_fixture("plug", "played_2025"))
+    response = app.test_client().post(
+        "/webhooks/plug/anything", json=load_fixture("plug", "played_2025")
+    )
     assert response.status_code == 404
     assert queued(broker) == []
 
@@ -88,8 +109,9 @@ def test_wrong_method_is_405_with_allow(client):
     assert response.json == {"error": "method not allowed"}
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data", None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
 def test_body_not_json_content_type_is_415(client, broker, content_type):
     response = client.post(ZAPI_URL, data=b'{"status": "SENT"}', content_type=content_type)
     assert response.status_code == 415
@@ -112,8 +134,9 @@ def test_oversized_body_is_413_and_enqueues_nothing(database_url, redis_url, bro
     assert queued(broker) == []
 
 
-@pytest.mark.parametrize("body", [b"{", b"", b"not json", b'{"a": 1}}', b"[" * 50000,
-                                  b"\xff\xfe\x00"])
+@pytest.mark.parametrize(
+    "body", [b"{", b"", b"not json", b'{"a": 1}}', b"[" * 50000, b"\xff\xfe\x00"]
+)
 def test_invalid_json_is_400(client, broker, body):
     response = client.post(ZAPI_URL, data=body, content_type="application/json")
     assert response.status_code == 400
@@ -152,14 +175,16 @@ def test_invalid_green_api_body_is_answered_200_and_quarantined(client, broker):
     assert [task for task, _ in queued(broker)] == ["ticks.quarantine"]
 
 
-@pytest.mark.parametrize(("provider", "fixture", "kind"), [
-    ("zapi", "other_type_received_callback", "ReceivedCallback"),
-    ("zapi", "other_type_delivery_callback", "DeliveryCallback"),
-    ("greenapi", "other_type_incoming_message", "incomingMessageReceived"),
-    ("greenapi", "other_type_state_instance", "stateInstanceChanged"),
-])
-def test_other_webhook_types_are_answered_200_and_ignored(client, broker, provider, fixture,
-                                                          kind):
+@pytest.mark.parametrize(
+    ("provider", "fixture", "kind"),
+    [
+        ("zapi", "other_type_received_callback", "ReceivedCallback"),
+        ("zapi", "other_type_delivery_callback", "DeliveryCallback"),
+        ("greenapi", "other_type_incoming_message", "incomingMessageReceived"),
+        ("greenapi", "other_type_state_instance", "stateInstanceChanged"),
+    ],
+)
+def test_other_webhook_types_are_answered_200_and_ignored(client, broker, provider, fixture, kind):
     token = {"zapi": "zapi-secret-one", "greenapi": "green-secret"}[provider]
     response = client.post(f"/webhooks/{provider}/{token}", json=load_fixture(provider, fixture))
     assert response.status_code == 200

@@ -37,7 +37,7 @@ def migrate(conninfo: str) -> list[str]:
         conn.execute(CREATE_LEDGER)
         done = []
         for path in pending(conn):
-            conn.execute(path.read_text())  # type: ignore[call-overload]
+            conn.execute(path.read_text())
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
             done.append(path.stem)
     return done

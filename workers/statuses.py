@@ -14,9 +14,9 @@ READ_BY_ME = "read_by_me"
 # Delivery progress, in order. A message only ever moves right.
 PROGRESS = (SENT, RECEIVED, READ, PLAYED)
 # What a message row's status column may hold.
-STATUSES = PROGRESS + (FAILED,)
+STATUSES = (*PROGRESS, FAILED)
 # What an event may carry: read_by_me is a receipt of the connected account, not a state.
-EVENT_STATUSES = STATUSES + (READ_BY_ME,)
+EVENT_STATUSES = (*STATUSES, READ_BY_ME)
 # failed is believable only while delivery is unproven.
 FAILABLE_FROM = (None, SENT)
 

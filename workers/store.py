@@ -116,7 +116,9 @@ def merged_identity(events: list[StatusEvent]) -> dict[str, Any]:
     first = events[0]
     identity: dict[str, Any] = {"provider": first.provider, "message_id": first.message_id}
     for name in ("phone", "chat_id", "is_group", "instance_id"):
-        identity[name] = next((getattr(e, name) for e in events if getattr(e, name) is not None), None)
+        identity[name] = next(
+            (getattr(e, name) for e in events if getattr(e, name) is not None), None
+        )
     return identity
 
 
@@ -164,7 +166,9 @@ def record_quarantine(conn: psycopg.Connection, record: dict[str, Any]) -> bool:
     return conn.execute(INSERT_QUARANTINE, params).rowcount == 1
 
 
-def fetch_message(conn: psycopg.Connection, provider: str, message_id: str) -> dict[str, Any] | None:
+def fetch_message(
+    conn: psycopg.Connection, provider: str, message_id: str
+) -> dict[str, Any] | None:
     """Return a message with its event history, or None if it was never seen."""
     key = {"provider": provider, "message_id": message_id}
     with conn.cursor(row_factory=dict_row) as cur:
@@ -173,4 +177,3 @@ def fetch_message(conn: psycopg.Connection, provider: str, message_id: str) -> d
             return None
         message["events"] = cur.execute(SELECT_EVENTS, key).fetchall()
     return message
-

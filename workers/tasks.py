@@ -51,7 +51,10 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     for event in events:
         log.info(
             "event provider=%s message_id=%s status=%s phone=%s request_id=%s",
-            event.provider, event.message_id, event.status, mask_phone(event.phone),
+            event.provider,
+            event.message_id,
+            event.status,
+            mask_phone(event.phone),
             event.request_id,
         )
     return {outcome.value: count for outcome, count in outcomes.items()}
@@ -64,6 +67,8 @@ def quarantine_callback(record: dict[str, Any]) -> bool:
         stored = store.record_quarantine(conn, record)
     log.warning(
         "quarantined provider=%s request_id=%s reason=%s",
-        record["provider"], record["request_id"], record["reason"],
+        record["provider"],
+        record["request_id"],
+        record["reason"],
     )
     return stored

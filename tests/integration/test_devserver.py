@@ -20,8 +20,15 @@ import pytest
 from tests.conftest import FIXTURES, ROOT, wait_for
 
 pytestmark = pytest.mark.integration
-CLEARED = ("DATABASE_URL", "REDIS_URL", "API_TOKEN", "ZAPI_WEBHOOK_TOKENS",
-           "GREENAPI_WEBHOOK_TOKENS", "PLUG_WEBHOOK_TOKENS", "FLOWER_BASIC_AUTH")
+CLEARED = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "API_TOKEN",
+    "ZAPI_WEBHOOK_TOKENS",
+    "GREENAPI_WEBHOOK_TOKENS",
+    "PLUG_WEBHOOK_TOKENS",
+    "FLOWER_BASIC_AUTH",
+)
 
 
 def free_port() -> int:
@@ -44,12 +51,21 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 class Devserver:
     def __init__(self, var: Path, port: int, flower_port: int) -> None:
         env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-        env |= {"TICKS_VAR_DIR": str(var), "PORT": str(port), "FLOWER_PORT": str(flower_port),
-                "WEB_CONCURRENCY": "1"}
+        env |= {
+            "TICKS_VAR_DIR": str(var),
+            "PORT": str(port),
+            "FLOWER_PORT": str(flower_port),
+            "WEB_CONCURRENCY": "1",
+        }
         self.log_path = var.parent / f"devserver-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "devserver"], cwd=ROOT, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devserver"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.base = f"http://127.0.0.1:{port}"
 
     def output(self) -> str:
@@ -57,8 +73,11 @@ class Devserver:
 
     def wait_ready(self, timeout: float) -> float:
         started = time.monotonic()
-        wait_for(lambda: http("GET", f"{self.base}/readyz")[0] == 200
-                 or self.process.poll() is not None, timeout, interval=0.2)
+        wait_for(
+            lambda: http("GET", f"{self.base}/readyz")[0] == 200 or self.process.poll() is not None,
+            timeout,
+            interval=0.2,
+        )
         assert self.process.poll() is None, self.output()
         return time.monotonic() - started
 
@@ -92,19 +111,22 @@ def test_start_serve_stop_restart(tmp_path):
         body = (FIXTURES / "zapi" / "seed_sent.json").read_bytes()
         path = zapi_url.split("localhost:", 1)[1].split("/", 1)[1]
         posted = time.monotonic()
-        assert http("POST", f"{server.base}/{path}", body,
-                    {"Content-Type": "application/json"}) == (200, {"accepted": 1})
+        assert http(
+            "POST", f"{server.base}/{path}", body, {"Content-Type": "application/json"}
+        ) == (200, {"accepted": 1})
         auth = {"Authorization": f"Bearer {api_token}"}
         message_url = f"{server.base}/messages/zapi/999999999999999999999"
-        status, message = wait_for(lambda: (r := http("GET", message_url, headers=auth))[0] == 200
-                                   and r, timeout=10)
+        _status, message = wait_for(
+            lambda: (r := http("GET", message_url, headers=auth))[0] == 200 and r, timeout=10
+        )
         assert time.monotonic() - posted < 2
         assert message["status"] == "sent"
 
         flower = re.search(r"flower:\s+(\S+)", printed).group(1)
-        tasks = wait_for(lambda: (http("GET", f"{flower}/api/tasks")[1] or None), timeout=15)
-        assert any(t["name"] == "ticks.apply_events" and t["state"] == "SUCCESS"
-                   for t in tasks.values())
+        tasks = wait_for(lambda: http("GET", f"{flower}/api/tasks")[1] or None, timeout=15)
+        assert any(
+            t["name"] == "ticks.apply_events" and t["state"] == "SUCCESS" for t in tasks.values()
+        )
     finally:
         children = server.descendants()
         took = server.stop()
@@ -116,7 +138,9 @@ def test_start_serve_stop_restart(tmp_path):
     try:
         assert again.wait_ready(timeout=15) < 15
         assert re.search(r"API_TOKEN: (\S+)", again.output()).group(1) == api_token
-        assert http("GET", message_url.replace(server.base, again.base),
-                    headers=auth)[1]["status"] == "sent"
+        assert (
+            http("GET", message_url.replace(server.base, again.base), headers=auth)[1]["status"]
+            == "sent"
+        )
     finally:
         again.stop()

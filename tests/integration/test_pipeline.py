@@ -34,8 +34,12 @@ def read_message(client, provider, message_id):
 
 
 def test_seed_list_is_complete():
-    seeds = {(p, n) for p in ("zapi", "plug", "greenapi") for n in fixture_names(p)
-             if n.startswith("seed_")}
+    seeds = {
+        (p, n)
+        for p in ("zapi", "plug", "greenapi")
+        for n in fixture_names(p)
+        if n.startswith("seed_")
+    }
     assert seeds == set(SEED_STATUS)
 
 
@@ -52,12 +56,26 @@ def test_every_seed_example_lands_end_to_end(client, start_worker, provider, nam
 
 def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
     worker = start_worker()
-    bodies = [load_fixture("zapi", n) for n in ("seed_read", "seed_sent", "seed_played",
-                                                "seed_received", "seed_read", "seed_read_self")]
+    bodies = [
+        load_fixture("zapi", n)
+        for n in (
+            "seed_read",
+            "seed_sent",
+            "seed_played",
+            "seed_received",
+            "seed_read",
+            "seed_read_self",
+        )
+    ]
     for body in bodies:
         assert post(client, "zapi", body).status_code == 200
-    message = wait_for(lambda: (m := read_message(client, "zapi", "999999999999999999999"))
-                       and len(m["events"]) == 5 and m)
+    message = wait_for(
+        lambda: (
+            (m := read_message(client, "zapi", "999999999999999999999"))
+            and len(m["events"]) == 5
+            and m
+        )
+    )
     assert message["status"] == "played"
     assert message["read_by_me_at"] is not None
     assert all(message[f"{s}_at"] for s in ("sent", "received", "read", "played"))
@@ -71,8 +89,9 @@ def test_quarantined_body_lands_in_postgres(client, db, start_worker):
     start_worker()
     body = load_fixture("greenapi", "sent") | {"status": "vanished"}
     assert post(client, "greenapi", body).json["quarantined"] is True
-    row = wait_for(lambda: db.execute(
-        "SELECT provider, reason, errors, raw_body FROM quarantine").fetchone())
+    row = wait_for(
+        lambda: db.execute("SELECT provider, reason, errors, raw_body FROM quarantine").fetchone()
+    )
     assert row[0:2] == ("greenapi", "validation")
     assert "status" in row[2]
     assert '"vanished"' in row[3]
@@ -82,18 +101,34 @@ def test_two_worker_processes_racing_on_one_message(client, db, start_worker):
     rng = random.Random(7)
     statuses = ["SENT", "RECEIVED", "READ", "PLAYED", "READ_BY_ME"]
     ids = ["RACE-1", "RACE-2"]
-    bodies = [{"status": s, "ids": ids, "momment": 1732280000000 + i, "phone": "5511987654321",
-               "type": "MessageStatusCallback"} for i, s in enumerate(statuses)] * 20
+    bodies = [
+        {
+            "status": s,
+            "ids": ids,
+            "momment": 1732280000000 + i,
+            "phone": "5511987654321",
+            "type": "MessageStatusCallback",
+        }
+        for i, s in enumerate(statuses)
+    ] * 20
     rng.shuffle(bodies)
     for body in bodies:  # queued before the workers start, so both race on the backlog
         assert post(client, "zapi", body).status_code == 200
     first, second = start_worker("w1", wait=False), start_worker("w2", wait=False)
     first.wait_ready()
     second.wait_ready()
-    wait_for(lambda: db.execute("SELECT count(*) FROM status_events").fetchone()[0] == 10,
-             timeout=60)
-    wait_for(lambda: client.application.extensions["ticks.celery"].connection_for_write()
-             .default_channel.client.llen("ticks") == 0, timeout=60)
+    wait_for(
+        lambda: db.execute("SELECT count(*) FROM status_events").fetchone()[0] == 10, timeout=60
+    )
+    wait_for(
+        lambda: (
+            client.application.extensions["ticks.celery"]
+            .connection_for_write()
+            .default_channel.client.llen("ticks")
+            == 0
+        ),
+        timeout=60,
+    )
     for message_id in ids:
         message = read_message(client, "zapi", message_id)
         assert message["status"] == "played"
@@ -109,7 +144,12 @@ def test_failed_then_sent_through_workers_stays_failed(client, start_worker):
     sent = failed | {"status": "sent", "timestamp": failed["timestamp"] - 5}
     for body in (failed, sent):
         assert post(client, "greenapi", body).status_code == 200
-    message = wait_for(lambda: (m := read_message(client, "greenapi", failed["idMessage"]))
-                       and len(m["events"]) == 2 and m)
+    message = wait_for(
+        lambda: (
+            (m := read_message(client, "greenapi", failed["idMessage"]))
+            and len(m["events"]) == 2
+            and m
+        )
+    )
     assert message["status"] == next_status(next_status(None, "failed"), "sent") == "failed"
     assert message["failure_reason"] == "noAccount"
