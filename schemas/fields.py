@@ -49,4 +49,18 @@ class Identifier(fields.Field):
         text = str(value).strip()
         if not text:
             raise ValidationError("Must not be empty.")
-        return text
+        return refuse_nul(text)
+
+
+class Text(fields.String):
+    """A string that PostgreSQL can store."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        return refuse_nul(super()._deserialize(value, attr, data, **kwargs))
+
+
+def refuse_nul(text: str) -> str:
+    """Refuse NUL characters: PostgreSQL text cannot hold them, so the worker would fail."""
+    if "\x00" in text:
+        raise ValidationError("Must not contain NUL characters.")
+    return text

@@ -9,7 +9,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from schemas import Parsed
 from schemas.events import MAX_ID_LENGTH, StatusEvent
-from schemas.fields import EpochTimestamp, Identifier, digits_only
+from schemas.fields import EpochTimestamp, Identifier, Text, digits_only
 from workers.statuses import FAILED, READ, RECEIVED, SENT
 
 WEBHOOK_TYPE = "outgoingMessageStatus"
@@ -45,12 +45,12 @@ class OutgoingMessageStatusSchema(Schema):
         unknown = EXCLUDE
 
     typeWebhook = fields.String(required=True)
-    chatId = fields.String(load_default=None, allow_none=True)
+    chatId = Text(load_default=None, allow_none=True)
     instanceData = fields.Nested(InstanceDataSchema, load_default=None, allow_none=True)
     timestamp = EpochTimestamp(per_second=1, required=True)
     idMessage = Identifier(required=True, validate=validate.Length(max=MAX_ID_LENGTH))
     status = fields.String(required=True, validate=validate.OneOf(list(STATUS_MAP)))
-    description = fields.String(load_default=None, allow_none=True)
+    description = Text(load_default=None, allow_none=True)
     sendByApi = fields.Boolean(load_default=None, allow_none=True)
 
 

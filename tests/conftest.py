@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ WEBHOOK_TOKENS = {
     "plug": ("plug-secret",),
 }
 API_TOKEN = "api-secret-for-tests"
-TABLES = "status_events, messages, quarantine"
+TABLES = "status_events, messages, quarantine, dead_letters"
 
 
 def load_fixture(provider: str, name: str) -> Any:
@@ -164,7 +165,15 @@ def queued(broker: redis.Redis) -> list[tuple[str, Any]]:
 class Worker:
     """A real `celery worker` process on the test broker and database."""
 
-    def __init__(self, name: str, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        log_path: Path,
+        env: dict[str, str],
+        pool: str = "solo",
+        concurrency: int = 1,
+        app: str = "workers.celery_app",
+    ) -> None:
         self.log_path = log_path
         self.log = log_path.open("w")
         self.process = subprocess.Popen(
@@ -173,10 +182,12 @@ class Worker:
                 "-m",
                 "celery",
                 "-A",
-                "workers.celery_app",
+                app,
                 "worker",
                 "--pool",
-                "solo",
+                pool,
+                "--concurrency",
+                str(concurrency),
                 "--hostname",
                 f"{name}@%h",
                 "--queues",
@@ -191,6 +202,7 @@ class Worker:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill_hard reaches the pool too
         )
 
     def output(self) -> str:
@@ -202,6 +214,11 @@ class Worker:
         wait_for(lambda: " ready." in self.output() or self.process.poll() is not None, timeout)
         assert self.process.poll() is None, self.output()
 
+    def kill_hard(self) -> None:
+        """SIGKILL the worker and its pool at once, as an OOM killer or a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def stop(self) -> None:
         """Stop the worker (warm shutdown), killing it if it does not stop in time."""
         if self.process.poll() is None:
@@ -209,7 +226,7 @@ class Worker:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
 
@@ -221,14 +238,17 @@ def start_worker(
     """Return a function that starts real worker processes; all are stopped after the test."""
     workers: list[Worker] = []
 
-    def start(name: str = "w1", wait: bool = True) -> Worker:
-        env = {
+    def start(
+        name: str = "w1", wait: bool = True, env: dict[str, str] | None = None, **options: Any
+    ) -> Worker:
+        full_env = {
             **os.environ,
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "PYTHONPATH": str(ROOT),
+            **(env or {}),
         }
-        worker = Worker(name, tmp_path / f"{name}.log", env)
+        worker = Worker(name, tmp_path / f"{name}-{len(workers)}.log", full_env, **options)
         workers.append(worker)
         if wait:
             worker.wait_ready()

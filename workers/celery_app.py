@@ -14,8 +14,14 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Redis redelivers a message not acknowledged within this many seconds. It must exceed
 # the longest retry countdown (RETRY_BACKOFF_MAX): a retried task waits, unacknowledged,
 # in the worker until its ETA, and a shorter timeout would deliver it twice meanwhile.
-VISIBILITY_TIMEOUT = 3600
-RETRY_BACKOFF_MAX = 300
+# It is also how long the messages of a worker killed outright wait before redelivery.
+VISIBILITY_TIMEOUT = int(os.environ.get("TICKS_VISIBILITY_TIMEOUT", "3600"))
+RETRY_BACKOFF_MAX = int(os.environ.get("TICKS_RETRY_BACKOFF_MAX", "300"))
+if RETRY_BACKOFF_MAX >= VISIBILITY_TIMEOUT:
+    raise RuntimeError(
+        f"TICKS_RETRY_BACKOFF_MAX ({RETRY_BACKOFF_MAX}) must be below "
+        f"TICKS_VISIBILITY_TIMEOUT ({VISIBILITY_TIMEOUT}), or retried tasks run twice."
+    )
 
 
 def make_celery(broker_url: str, **transport_options: Any) -> Celery:
@@ -35,6 +41,8 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         # later on a new connection; cancelling it lets the broker redeliver it.
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
+        # A worker must outlive any broker outage: retry the connection forever, not 100 times.
+        broker_connection_max_retries=None,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **transport_options},
         # Flower and `celery events` follow tasks through these events.
         worker_send_task_events=True,

@@ -84,6 +84,21 @@ VALUES (%(request_id)s, %(provider)s, %(reason)s, %(errors)s, %(raw_body)s, %(co
 ON CONFLICT (request_id) DO NOTHING
 """
 
+INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (task_id, task_name, payload, error, deliveries)
+VALUES (%(task_id)s, %(task_name)s, %(payload)s, %(error)s, %(deliveries)s)
+ON CONFLICT (task_id) DO UPDATE SET error = EXCLUDED.error, deliveries = EXCLUDED.deliveries
+"""
+
+SELECT_DEAD_LETTERS = """
+SELECT id, task_id, task_name, payload, error, deliveries, created_at, replayed_at
+FROM dead_letters
+WHERE (%(id)s::bigint IS NULL OR id = %(id)s) AND (%(pending)s = false OR replayed_at IS NULL)
+ORDER BY id
+"""
+
+MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s"
+
 SELECT_MESSAGE = """
 SELECT provider, message_id, status, phone, chat_id, is_group, instance_id, sent_at,
        received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, updated_at
@@ -164,6 +179,24 @@ def record_quarantine(conn: psycopg.Connection, record: dict[str, Any]) -> bool:
     """Store a callback that failed validation; return False if it was stored already."""
     params = {**record, "errors": json.dumps(record["errors"])}
     return conn.execute(INSERT_QUARANTINE, params).rowcount == 1
+
+
+def record_dead_letter(conn: psycopg.Connection, letter: dict[str, Any]) -> None:
+    """Store a task message that will not be retried again, with why."""
+    conn.execute(INSERT_DEAD_LETTER, {**letter, "payload": json.dumps(letter["payload"])})
+
+
+def fetch_dead_letters(
+    conn: psycopg.Connection, letter_id: int | None = None, pending: bool = False
+) -> list[dict[str, Any]]:
+    """Return dead letters (one by id, or only those never replayed), oldest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SELECT_DEAD_LETTERS, {"id": letter_id, "pending": pending}).fetchall()
+
+
+def mark_replayed(conn: psycopg.Connection, letter_id: int) -> None:
+    """Record that a dead letter was put back on the queue."""
+    conn.execute(MARK_REPLAYED, {"id": letter_id})
 
 
 def fetch_message(

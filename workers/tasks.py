@@ -6,6 +6,9 @@ import logging
 from typing import Any
 
 import psycopg
+import redis.exceptions
+from celery import Task
+from celery.exceptions import Retry
 from celery.signals import worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
 
@@ -28,6 +31,12 @@ RETRY_OPTIONS: dict[str, Any] = {
     "retry_jitter": True,
     "max_retries": None,  # a database outage must not drop acknowledged callbacks
 }
+# Any other error is a bug or bad data: retried this many times, then dead-lettered.
+POISON_RETRIES = 3
+# A message whose worker died while running it is redelivered (acks_late); after this many
+# deliveries of the same attempt it is dead-lettered instead of killing workers forever.
+MAX_DELIVERIES = 3
+DELIVERY_KEY_TTL = 7 * 24 * 3600
 
 
 @worker_process_init.connect
@@ -42,7 +51,78 @@ def shut_pool(**kwargs: Any) -> None:
     close_pool()
 
 
-@app.task(name=APPLY_EVENTS, **RETRY_OPTIONS)
+class GuardedTask(Task):
+    """A task that dead-letters what keeps failing instead of retrying it forever.
+
+    Redis keeps no delivery count, so one is kept beside the queue, per task id and retry:
+    a message that kills its worker every time (acks_late + reject_on_worker_lost would
+    redeliver it forever) is stopped after MAX_DELIVERIES.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = f"ticks:deliveries:{self.request.id}:{self.request.retries}"
+        deliveries = self.count_delivery(key)
+        try:
+            if deliveries > MAX_DELIVERIES:
+                error = f"the worker died running it {deliveries - 1} times"
+                return self.dead_letter(args, error, deliveries)
+            try:
+                return super().__call__(*args, **kwargs)
+            except Retry:
+                raise
+            except Exception as exc:
+                if self.request.retries < POISON_RETRIES:
+                    log.warning(
+                        "task %s failed (%r): retry %d of %d",
+                        self.request.id,
+                        exc,
+                        self.request.retries + 1,
+                        POISON_RETRIES,
+                    )
+                    raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+                return self.dead_letter(args, repr(exc), deliveries)
+        finally:
+            self.forget_delivery(key)
+
+    def count_delivery(self, key: str) -> int:
+        """Count one more delivery of this attempt; 1 if the broker cannot say."""
+        try:
+            with self.app.pool.acquire(block=True, timeout=5) as conn:
+                pipe = conn.default_channel.client.pipeline()
+                count, _ = pipe.incr(key).expire(key, DELIVERY_KEY_TTL).execute()
+                return int(count)
+        except (OSError, redis.exceptions.RedisError) as exc:
+            log.warning("delivery count unavailable for %s: %s", self.request.id, exc)
+            return 1
+
+    def forget_delivery(self, key: str) -> None:
+        """Drop the count once the attempt ended (done, retried or dead-lettered)."""
+        try:
+            with self.app.pool.acquire(block=True, timeout=5) as conn:
+                conn.default_channel.client.delete(key)
+        except (OSError, redis.exceptions.RedisError):
+            pass  # the key expires by itself
+
+    def dead_letter(self, args: tuple[Any, ...], error: str, deliveries: int) -> None:
+        """Store the message in dead_letters; retry later if the database is unreachable."""
+        letter = {
+            "task_id": self.request.id,
+            "task_name": self.name,
+            "payload": args[0],
+            "error": error,
+            "deliveries": deliveries,
+        }
+        try:
+            with get_pool().connection() as conn:
+                store.record_dead_letter(conn, letter)
+        except TRANSIENT_ERRORS as exc:
+            raise self.retry(
+                exc=exc, countdown=min(2**self.request.retries, RETRY_BACKOFF_MAX)
+            ) from exc
+        log.error("dead-lettered task=%s task_id=%s: %s", self.name, self.request.id, error)
+
+
+@app.task(name=APPLY_EVENTS, base=GuardedTask, **RETRY_OPTIONS)
 def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     """Apply one callback's events in one transaction."""
     events = load_events(payload)
@@ -60,7 +140,7 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     return {outcome.value: count for outcome, count in outcomes.items()}
 
 
-@app.task(name=QUARANTINE, **RETRY_OPTIONS)
+@app.task(name=QUARANTINE, base=GuardedTask, **RETRY_OPTIONS)
 def quarantine_callback(record: dict[str, Any]) -> bool:
     """Store an invalid callback's raw body and errors for inspection and replay."""
     with get_pool().connection() as conn:

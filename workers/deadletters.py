@@ -1,0 +1,67 @@
+"""List and replay dead letters: `python -m workers.deadletters list|replay [ID ...|--all]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+import psycopg
+
+from workers import store
+from workers.celery_app import app
+from workers.db import database_url
+
+
+def list_letters(conn: psycopg.Connection, pending: bool) -> None:
+    """Print one line per dead letter."""
+    for letter in store.fetch_dead_letters(conn, pending=pending):
+        replayed = letter["replayed_at"].isoformat() if letter["replayed_at"] else "-"
+        print(
+            f"{letter['id']}\t{letter['created_at'].isoformat()}\t{letter['task_name']}\t"
+            f"deliveries={letter['deliveries']}\treplayed={replayed}\t{letter['error']}"
+        )
+
+
+def replay(conn: psycopg.Connection, ids: list[int], every: bool) -> int:
+    """Put dead letters back on the queue under new task ids; return how many."""
+    letters = (
+        store.fetch_dead_letters(conn, pending=True)
+        if every
+        else [row for i in ids for row in store.fetch_dead_letters(conn, letter_id=i)]
+    )
+    for letter in letters:
+        # Applying events is idempotent, so a replay never applies anything twice.
+        app.send_task(
+            letter["task_name"],
+            args=[letter["payload"]],
+            task_id=uuid.uuid4().hex,
+            argsrepr=f"[replay of dead letter {letter['id']}]",
+        )
+        store.mark_replayed(conn, letter["id"])
+        conn.commit()
+        print(f"replayed {letter['id']} ({letter['task_name']})")
+    return len(letters)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command."""
+    parser = argparse.ArgumentParser(prog="python -m workers.deadletters", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list dead letters")
+    listing.add_argument("--pending", action="store_true", help="only those never replayed")
+    again = commands.add_parser("replay", help="enqueue dead letters again")
+    again.add_argument("ids", nargs="*", type=int)
+    again.add_argument("--all", action="store_true", help="every dead letter never replayed")
+    args = parser.parse_args(argv)
+    with psycopg.connect(database_url()) as conn:
+        if args.command == "list":
+            list_letters(conn, args.pending)
+            return 0
+        if not args.ids and not args.all:
+            parser.error("replay needs IDs or --all")
+        return 0 if replay(conn, args.ids, args.all) or not args.ids else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
