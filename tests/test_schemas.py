@@ -238,3 +238,20 @@ def test_missing_green_api_type_is_invalid():
 def test_events_survive_the_queue_round_trip():
     events = parse("zapi", load_fixture("zapi", "multi_ids")).events
     assert load_events(dump_events(events)) == events
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "field"),
+    [
+        ("zapi", zapi_body(ids=["ab\x00c"]), "ids"),
+        ("zapi", zapi_body(instanceId="in\x00st"), "instanceId"),
+        ("zapi", zapi_body(phone="55\x0011"), "phone"),
+        ("greenapi", green_body(chatId="7900\x00@c.us"), "chatId"),
+        ("greenapi", green_body(status="failed", description="bad\x00"), "description"),
+    ],
+)
+def test_nul_characters_are_invalid_not_poison_for_postgres(provider, body, field):
+    """PostgreSQL text cannot hold NUL: accepting one would fail in the worker, not here."""
+    with pytest.raises(ValidationError) as err:
+        parse(provider, body)
+    assert field in err.value.messages

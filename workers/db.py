@@ -32,7 +32,7 @@ def get_pool(conninfo: str | None = None) -> ConnectionPool:
             max_size=POOL_MAX_SIZE,
             kwargs={"connect_timeout": 5},
             # A task waiting longer for a connection would rather retry with backoff.
-            timeout=10,
+            timeout=5,
             # After a database restart the pooled sockets are dead; check before lending.
             check=ConnectionPool.check_connection,
             name="ticks",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import psycopg
@@ -24,13 +25,9 @@ log = logging.getLogger(__name__)
 # failures all derive from OperationalError: retrying them later is always safe, because
 # applying a batch twice changes nothing.
 TRANSIENT_ERRORS = (psycopg.OperationalError, PoolTimeout)
-RETRY_OPTIONS: dict[str, Any] = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": 2,
-    "retry_backoff_max": RETRY_BACKOFF_MAX,
-    "retry_jitter": True,
-    "max_retries": None,  # a database outage must not drop acknowledged callbacks
-}
+# Transient errors retry forever (max_retries=None on the tasks): a database outage must
+# never drop acknowledged callbacks.
+RETRY_BACKOFF_BASE = 2
 # Any other error is a bug or bad data: retried this many times, then dead-lettered.
 POISON_RETRIES = 3
 # A message whose worker died while running it is redelivered (acks_late); after this many
@@ -49,6 +46,16 @@ def open_pool(**kwargs: Any) -> None:
 def shut_pool(**kwargs: Any) -> None:
     """Close the pool when a worker process exits."""
     close_pool()
+
+
+def retry_countdown(retries: int, rng: random.Random | None = None) -> float:
+    """Return seconds before retry number ``retries + 1``: exponential, capped, half jittered.
+
+    The fixed half keeps the backoff visible and bounded below; the random half spreads the
+    tasks that failed together so they do not hit a recovering database all at once.
+    """
+    ceiling = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2**retries)
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
 class GuardedTask(Task):
@@ -70,6 +77,16 @@ class GuardedTask(Task):
                 return super().__call__(*args, **kwargs)
             except Retry:
                 raise
+            except TRANSIENT_ERRORS as exc:
+                countdown = retry_countdown(self.request.retries)
+                log.warning(
+                    "database unavailable for task %s (%s): retry %d in %.1fs",
+                    self.request.id,
+                    type(exc).__name__,
+                    self.request.retries + 1,
+                    countdown,
+                )
+                raise self.retry(exc=exc, countdown=countdown) from exc
             except Exception as exc:
                 if self.request.retries < POISON_RETRIES:
                     log.warning(
@@ -122,7 +139,7 @@ class GuardedTask(Task):
         log.error("dead-lettered task=%s task_id=%s: %s", self.name, self.request.id, error)
 
 
-@app.task(name=APPLY_EVENTS, base=GuardedTask, **RETRY_OPTIONS)
+@app.task(name=APPLY_EVENTS, base=GuardedTask, max_retries=None)
 def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     """Apply one callback's events in one transaction."""
     events = load_events(payload)
@@ -140,7 +157,7 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     return {outcome.value: count for outcome, count in outcomes.items()}
 
 
-@app.task(name=QUARANTINE, base=GuardedTask, **RETRY_OPTIONS)
+@app.task(name=QUARANTINE, base=GuardedTask, max_retries=None)
 def quarantine_callback(record: dict[str, Any]) -> bool:
     """Store an invalid callback's raw body and errors for inspection and replay."""
     with get_pool().connection() as conn:
