@@ -21,6 +21,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     check_config(app.config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Werkzeug answers "//" in a path with an HTML redirect; a webhook URL is exact or 404.
+    app.url_map.merge_slashes = False
     init_queue(app)
     register_error_handlers(app)
 

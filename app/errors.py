@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -42,7 +45,12 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 
 def handle_unexpected(error: Exception) -> Response:
-    """Answer a bug as a JSON 500 without details (they are in the log)."""
+    """Answer a bug as a JSON 500 without details, and log it.
+
+    The log names the route pattern, not the path: webhook paths carry tokens.
+    """
+    rule = request.url_rule.rule if request.url_rule else "-"
+    log.error("unhandled error on %s %s", request.method, rule, exc_info=error)
     return json_error(500, "internal error")
 
 

@@ -93,6 +93,21 @@ def test_unknown_provider_is_404(client):
     assert response.json["error"]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/webhooks//zapi-secret-one",
+        "//webhooks/zapi/zapi-secret-one",
+        "/webhooks/zapi//zapi-secret-one",
+    ],
+)
+def test_doubled_slashes_are_a_json_404_not_a_redirect(client, broker, path):
+    response = client.post(path, json=load_fixture("zapi", "seed_sent"))
+    assert response.status_code == 404
+    assert response.json["error"]
+    assert queued(broker) == []
+
+
 def test_provider_without_tokens_is_404(database_url, redis_url, broker):
     app = make_app(database_url, redis_url, WEBHOOK_TOKENS={"zapi": ("t",), "plug": ()})
     response = app.test_client().post(
@@ -275,3 +290,30 @@ def test_tokens_and_phones_never_reach_the_log(client, caplog):
     assert caplog.records
     for secret in ("zapi-secret-one", "zapi-secret-two", API_TOKEN, "5544999999999"):
         assert secret not in caplog.text
+
+
+def test_every_configured_token_is_compared_in_full(monkeypatch):
+    """No early exit: the time taken does not tell which token, or how much of one, matched."""
+    import hmac
+
+    from app import auth
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append(b) or real(a, b))
+    assert auth.token_matches("first", ["first", "second", "third"])
+    assert calls == [b"first", b"second", b"third"]
+
+
+def test_a_bug_is_a_json_500_logged_without_the_token(client, caplog, monkeypatch):
+    from app import webhooks
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(webhooks.PARSERS, "zapi", explode)
+    response = client.post(ZAPI_URL, json=load_fixture("zapi", "seed_sent"))
+    assert response.status_code == 500
+    assert response.json == {"error": "internal error"}
+    assert "unhandled error on POST /webhooks/<provider>/<token>" in caplog.text
+    assert "zapi-secret-one" not in caplog.text
