@@ -7,11 +7,11 @@ import sys
 
 from tests.conftest import ROOT
 from workers.celery_app import RETRY_BACKOFF_MAX, VISIBILITY_TIMEOUT, app
-from workers.tasks import apply_events, quarantine_callback, retry_countdown
+from workers.tasks import retry_countdown
 
 
 def test_visibility_timeout_is_above_the_longest_retry_countdown():
-    assert VISIBILITY_TIMEOUT > RETRY_BACKOFF_MAX
+    assert VISIBILITY_TIMEOUT >= 2 * RETRY_BACKOFF_MAX
     assert app.conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT
 
 
@@ -25,14 +25,12 @@ def test_a_backoff_longer_than_the_visibility_timeout_fails_at_start_up():
         text=True,
     )
     assert result.returncode != 0
-    assert "TICKS_RETRY_BACKOFF_MAX (60) must be below TICKS_VISIBILITY_TIMEOUT" in result.stderr
+    assert "TICKS_RETRY_BACKOFF_MAX (60) must be at most half" in result.stderr
 
 
-def test_tasks_ack_late_requeue_on_worker_loss_and_never_stop_retrying_the_database():
+def test_tasks_ack_late_and_requeue_on_worker_loss():
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.broker_connection_max_retries is None
-    for task in (apply_events, quarantine_callback):
-        assert task.max_retries is None
 
 
 def test_retry_countdown_grows_exponentially_up_to_the_cap_with_half_jitter():

@@ -11,16 +11,17 @@ APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
 QUEUE = "ticks"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-# Redis redelivers a message not acknowledged within this many seconds. It must exceed
-# the longest retry countdown (RETRY_BACKOFF_MAX): a retried task waits, unacknowledged,
-# in the worker until its ETA, and a shorter timeout would deliver it twice meanwhile.
-# It is also how long the messages of a worker killed outright wait before redelivery.
+# Redis redelivers a message not acknowledged within this many seconds: how long the
+# messages of a worker killed outright wait before redelivery. A task waiting out a database
+# outage holds its message unacknowledged, sleeping up to RETRY_BACKOFF_MAX between attempts,
+# and hands it back after half this timeout; a longer backoff would overshoot that.
 VISIBILITY_TIMEOUT = int(os.environ.get("TICKS_VISIBILITY_TIMEOUT", "3600"))
 RETRY_BACKOFF_MAX = int(os.environ.get("TICKS_RETRY_BACKOFF_MAX", "300"))
-if RETRY_BACKOFF_MAX >= VISIBILITY_TIMEOUT:
+if RETRY_BACKOFF_MAX * 2 > VISIBILITY_TIMEOUT:
     raise RuntimeError(
-        f"TICKS_RETRY_BACKOFF_MAX ({RETRY_BACKOFF_MAX}) must be below "
-        f"TICKS_VISIBILITY_TIMEOUT ({VISIBILITY_TIMEOUT}), or retried tasks run twice."
+        f"TICKS_RETRY_BACKOFF_MAX ({RETRY_BACKOFF_MAX}) must be at most half of "
+        f"TICKS_VISIBILITY_TIMEOUT ({VISIBILITY_TIMEOUT}), or Redis redelivers messages "
+        "that a worker still holds through a database outage."
     )
 
 

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import threading
+import time
 from typing import Any
 
 import psycopg
 import redis.exceptions
 from celery import Task
-from celery.exceptions import Retry
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.exceptions import Reject
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 from psycopg_pool import PoolTimeout
 
 from schemas.events import load_events
 from workers import store
-from workers.celery_app import APPLY_EVENTS, QUARANTINE, RETRY_BACKOFF_MAX, app
+from workers.celery_app import (
+    APPLY_EVENTS,
+    QUARANTINE,
+    RETRY_BACKOFF_MAX,
+    VISIBILITY_TIMEOUT,
+    app,
+)
 from workers.db import close_pool, get_pool
 from workers.redact import mask_phone
 
@@ -25,15 +34,20 @@ log = logging.getLogger(__name__)
 # failures all derive from OperationalError: retrying them later is always safe, because
 # applying a batch twice changes nothing.
 TRANSIENT_ERRORS = (psycopg.OperationalError, PoolTimeout)
-# Transient errors retry forever (max_retries=None on the tasks): a database outage must
-# never drop acknowledged callbacks.
+# Transient errors are retried without limit: a database outage must never drop
+# acknowledged callbacks.
 RETRY_BACKOFF_BASE = 2
+# A task holding its message through an outage hands it back after this long, well before
+# Redis would redeliver it to another worker.
+HOLD_LIMIT = VISIBILITY_TIMEOUT / 2
 # Any other error is a bug or bad data: retried this many times, then dead-lettered.
 POISON_RETRIES = 3
+POISON_RETRY_SECONDS = 1
 # A message whose worker died while running it is redelivered (acks_late); after this many
 # deliveries of the same attempt it is dead-lettered instead of killing workers forever.
 MAX_DELIVERIES = 3
 DELIVERY_KEY_TTL = 7 * 24 * 3600
+SHUTTING_DOWN = threading.Event()
 
 
 @worker_process_init.connect
@@ -52,57 +66,87 @@ def retry_countdown(retries: int, rng: random.Random | None = None) -> float:
     """Return seconds before retry number ``retries + 1``: exponential, capped, half jittered.
 
     The fixed half keeps the backoff visible and bounded below; the random half spreads the
-    tasks that failed together so they do not hit a recovering database all at once.
+    workers that failed together so they do not hit a recovering database all at once.
     """
     ceiling = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2**retries)
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
-class GuardedTask(Task):
-    """A task that dead-letters what keeps failing instead of retrying it forever.
+@worker_shutting_down.connect
+def note_shutdown(**kwargs: Any) -> None:
+    """Wake any task waiting out an outage, so it hands its message back at once."""
+    SHUTTING_DOWN.set()
 
-    Redis keeps no delivery count, so one is kept beside the queue, per task id and retry:
-    a message that kills its worker every time (acks_late + reject_on_worker_lost would
-    redeliver it forever) is stopped after MAX_DELIVERIES.
+
+class GuardedTask(Task):
+    """A task that outlasts database outages and dead-letters what keeps failing.
+
+    No retry here goes through Celery's countdown (ETA) machinery: a worker holding many
+    ETA messages under a prefetch limit can stop consuming (celery#3778, #2731), and every
+    message needs the database anyway. So a task waits out an outage in place, its message
+    unacknowledged, and hands it back to the queue (Reject, requeue) on shutdown or after
+    holding it for half the visibility timeout, so Redis never redelivers it behind a live
+    holder. Redis keeps no delivery count, so one is kept beside the queue: a message that
+    kills its worker every time (acks_late + reject_on_worker_lost would redeliver it
+    forever) is dead-lettered after MAX_DELIVERIES.
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = f"ticks:deliveries:{self.request.id}:{self.request.retries}"
+        key = f"ticks:deliveries:{self.request.id}"
         deliveries = self.count_delivery(key)
         try:
             if deliveries > MAX_DELIVERIES:
                 error = f"the worker died running it {deliveries - 1} times"
                 return self.dead_letter(args, error, deliveries)
-            try:
-                return super().__call__(*args, **kwargs)
-            except Retry:
-                raise
-            except TRANSIENT_ERRORS as exc:
-                countdown = retry_countdown(self.request.retries)
-                log.warning(
-                    "database unavailable for task %s (%s): retry %d in %.1fs",
-                    self.request.id,
-                    type(exc).__name__,
-                    self.request.retries + 1,
-                    countdown,
-                )
-                raise self.retry(exc=exc, countdown=countdown) from exc
-            except Exception as exc:
-                if self.request.retries < POISON_RETRIES:
-                    log.warning(
-                        "task %s failed (%r): retry %d of %d",
-                        self.request.id,
-                        exc,
-                        self.request.retries + 1,
-                        POISON_RETRIES,
-                    )
-                    raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
-                return self.dead_letter(args, repr(exc), deliveries)
+            return self.run_until_done(args, kwargs, deliveries)
         finally:
             self.forget_delivery(key)
 
+    def run_until_done(self, args: tuple[Any, ...], kwargs: dict[str, Any], deliveries: int) -> Any:
+        """Run the task through transient errors; dead-letter after repeated other errors."""
+        held_since = time.monotonic()
+        outage_attempts = failures = 0
+        while True:
+            try:
+                return super().__call__(*args, **kwargs)
+            except TRANSIENT_ERRORS as exc:
+                self.wait_out(exc, outage_attempts, held_since)
+                outage_attempts += 1
+            except Exception as exc:
+                failures += 1
+                if failures > POISON_RETRIES:
+                    return self.dead_letter(args, repr(exc), deliveries)
+                log.warning(
+                    "task %s failed (%r): retry %d of %d",
+                    self.request.id,
+                    exc,
+                    failures,
+                    POISON_RETRIES,
+                )
+                time.sleep(POISON_RETRY_SECONDS * failures)
+
+    def wait_out(self, exc: Exception, attempt: int, held_since: float) -> None:
+        """Sleep before the next attempt, or hand the message back to the queue."""
+        if time.monotonic() - held_since > HOLD_LIMIT:
+            log.warning(
+                "task %s: database unavailable for %.0fs, requeueing it",
+                self.request.id,
+                time.monotonic() - held_since,
+            )
+            raise Reject(exc, requeue=True)
+        countdown = retry_countdown(attempt)
+        log.warning(
+            "database unavailable for task %s (%s): retry %d in %.1fs",
+            self.request.id,
+            type(exc).__name__,
+            attempt + 1,
+            countdown,
+        )
+        if SHUTTING_DOWN.wait(countdown):
+            raise Reject(exc, requeue=True)
+
     def count_delivery(self, key: str) -> int:
-        """Count one more delivery of this attempt; 1 if the broker cannot say."""
+        """Count one more delivery of this message; 1 if the broker cannot say."""
         try:
             with self.app.pool.acquire(block=True, timeout=5) as conn:
                 pipe = conn.default_channel.client.pipeline()
@@ -113,7 +157,7 @@ class GuardedTask(Task):
             return 1
 
     def forget_delivery(self, key: str) -> None:
-        """Drop the count once the attempt ended (done, retried or dead-lettered)."""
+        """Drop the count once the delivery ended (done, requeued or dead-lettered)."""
         try:
             with self.app.pool.acquire(block=True, timeout=5) as conn:
                 conn.default_channel.client.delete(key)
@@ -121,7 +165,7 @@ class GuardedTask(Task):
             pass  # the key expires by itself
 
     def dead_letter(self, args: tuple[Any, ...], error: str, deliveries: int) -> None:
-        """Store the message in dead_letters; retry later if the database is unreachable."""
+        """Store the message in dead_letters, waiting out a database outage first."""
         letter = {
             "task_id": self.request.id,
             "task_name": self.name,
@@ -129,17 +173,18 @@ class GuardedTask(Task):
             "error": error,
             "deliveries": deliveries,
         }
-        try:
-            with get_pool().connection() as conn:
-                store.record_dead_letter(conn, letter)
-        except TRANSIENT_ERRORS as exc:
-            raise self.retry(
-                exc=exc, countdown=min(2**self.request.retries, RETRY_BACKOFF_MAX)
-            ) from exc
+        held_since = time.monotonic()
+        for attempt in itertools.count():
+            try:
+                with get_pool().connection() as conn:
+                    store.record_dead_letter(conn, letter)
+                break
+            except TRANSIENT_ERRORS as exc:
+                self.wait_out(exc, attempt, held_since)
         log.error("dead-lettered task=%s task_id=%s: %s", self.name, self.request.id, error)
 
 
-@app.task(name=APPLY_EVENTS, base=GuardedTask, max_retries=None)
+@app.task(name=APPLY_EVENTS, base=GuardedTask)
 def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     """Apply one callback's events in one transaction."""
     events = load_events(payload)
@@ -157,7 +202,7 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     return {outcome.value: count for outcome, count in outcomes.items()}
 
 
-@app.task(name=QUARANTINE, base=GuardedTask, max_retries=None)
+@app.task(name=QUARANTINE, base=GuardedTask)
 def quarantine_callback(record: dict[str, Any]) -> bool:
     """Store an invalid callback's raw body and errors for inspection and replay."""
     with get_pool().connection() as conn:

@@ -1,0 +1,105 @@
+"""The tasks, run in-process against the real test database: outages, poison, deliveries."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from workers import store, tasks
+from workers.tasks import MAX_DELIVERIES, POISON_RETRIES, apply_events
+
+EVENT = {
+    "provider": "zapi",
+    "message_id": "T-1",
+    "status": "read",
+    "raw_status": "READ",
+    "occurred_at": "2026-11-22T10:00:00+00:00",
+    "received_at": "2026-11-22T10:00:01+00:00",
+}
+
+
+@pytest.fixture
+def quiet(monkeypatch, db):
+    """No broker for delivery counts, no real sleeping; record every wait."""
+    waits: list[float] = []
+    monkeypatch.setattr(tasks.GuardedTask, "count_delivery", lambda self, key: 1)
+    monkeypatch.setattr(tasks.GuardedTask, "forget_delivery", lambda self, key: None)
+    monkeypatch.setattr(tasks.SHUTTING_DOWN, "wait", lambda seconds: waits.append(seconds))
+    monkeypatch.setattr(tasks, "POISON_RETRY_SECONDS", 0)
+    return waits
+
+
+def failing_then_working(monkeypatch, failures: int, error: Exception) -> list[int]:
+    calls = []
+    real = store.apply_events
+
+    def flaky(conn, events):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return real(conn, events)
+
+    monkeypatch.setattr(store, "apply_events", flaky)
+    return calls
+
+
+def statuses(db) -> list[tuple]:
+    return db.execute("SELECT message_id, status FROM messages").fetchall()
+
+
+def test_transient_errors_are_waited_out_with_growing_backoff(monkeypatch, quiet, db):
+    calls = failing_then_working(monkeypatch, 6, psycopg.OperationalError("server closed"))
+    result = apply_events.apply(args=[[EVENT]])
+    assert result.state == "SUCCESS"
+    assert len(calls) == 7
+    assert len(quiet) == 6
+    assert quiet[-1] > quiet[0]
+    assert statuses(db) == [("T-1", "read")]
+
+
+def test_shutdown_during_an_outage_hands_the_message_back(monkeypatch, quiet, db):
+    failing_then_working(monkeypatch, 100, psycopg.OperationalError("down"))
+    monkeypatch.setattr(tasks.SHUTTING_DOWN, "wait", lambda seconds: True)
+    assert apply_events.apply(args=[[EVENT]]).state == "REJECTED"
+    assert statuses(db) == []
+
+
+def test_an_outage_longer_than_the_hold_limit_hands_the_message_back(monkeypatch, quiet, db):
+    failing_then_working(monkeypatch, 100, psycopg.OperationalError("down"))
+    monkeypatch.setattr(tasks, "HOLD_LIMIT", -1)
+    assert apply_events.apply(args=[[EVENT]]).state == "REJECTED"
+
+
+def test_other_errors_are_retried_then_dead_lettered(monkeypatch, quiet, db):
+    calls = failing_then_working(monkeypatch, 100, ValueError("bad data"))
+    result = apply_events.apply(args=[[EVENT]], task_id="poison-task")
+    assert result.state == "SUCCESS"  # acknowledged: it is kept in dead_letters instead
+    assert len(calls) == POISON_RETRIES + 1
+    row = db.execute("SELECT task_id, payload, error, deliveries FROM dead_letters").fetchone()
+    assert row == ("poison-task", [EVENT], "ValueError('bad data')", 1)
+
+
+def test_a_message_delivered_too_often_is_dead_lettered_without_running(monkeypatch, quiet, db):
+    calls = failing_then_working(monkeypatch, 0, ValueError("unused"))
+    monkeypatch.setattr(tasks.GuardedTask, "count_delivery", lambda self, key: MAX_DELIVERIES + 1)
+    apply_events.apply(args=[[EVENT]], task_id="killer-task")
+    assert calls == []
+    error = db.execute("SELECT error FROM dead_letters WHERE task_id = 'killer-task'").fetchone()
+    assert error == (f"the worker died running it {MAX_DELIVERIES} times",)
+
+
+def test_dead_lettering_waits_out_an_outage_too(monkeypatch, quiet, db):
+    failing_then_working(monkeypatch, 100, ValueError("bad data"))
+    real = store.record_dead_letter
+    attempts = []
+
+    def flaky_record(conn, letter):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise psycopg.OperationalError("down")
+        return real(conn, letter)
+
+    monkeypatch.setattr(store, "record_dead_letter", flaky_record)
+    apply_events.apply(args=[[EVENT]])
+    assert len(attempts) == 3
+    assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (1,)
