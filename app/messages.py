@@ -11,6 +11,7 @@ from psycopg_pool import PoolTimeout
 
 from app.auth import header_token, token_matches
 from app.errors import ApiError
+from schemas.events import MAX_ID_LENGTH
 from workers import store
 from workers.db import get_pool
 
@@ -31,10 +32,17 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def storable_id(message_id: str) -> bool:
+    """Return whether an id could have been stored (PostgreSQL text holds no NUL)."""
+    return len(message_id) <= MAX_ID_LENGTH and "\x00" not in message_id
+
+
 @bp.get("/messages/<provider>/<path:message_id>")
 def show(provider: str, message_id: str) -> Response:
     """Return a message's current status and its events, oldest first."""
     require_api_token()
+    if not storable_id(message_id):
+        raise ApiError(404, "message not found")
     try:
         with get_pool(current_app.config["DATABASE_URL"]).connection(timeout=5) as conn:
             message = store.fetch_message(conn, provider, message_id)

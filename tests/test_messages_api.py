@@ -47,6 +47,13 @@ def test_unknown_message_is_404(client):
     assert response.json == {"error": "message not found"}
 
 
+@pytest.mark.parametrize("message_id", ["%00", "a%00b", "x" * 300])
+def test_an_id_that_cannot_exist_is_404_not_500(client, message_id):
+    response = client.get(f"/messages/zapi/{message_id}", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json == {"error": "message not found"}
+
+
 def test_message_shows_status_times_and_history(client, db):
     apply_fixture(db, "zapi", "seed_read")
     apply_fixture(db, "zapi", "seed_sent")

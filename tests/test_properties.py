@@ -68,6 +68,7 @@ arrivals = st.lists(st.sampled_from(EVENT_STATUSES), min_size=1, max_size=14)
 
 @settings(
     max_examples=int(os.environ.get("TICKS_PROPERTY_EXAMPLES", "150")),
+    derandomize="TICKS_PROPERTY_EXAMPLES" not in os.environ,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
