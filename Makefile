@@ -32,7 +32,7 @@ test: $(STAMP_DEV) ## Run the whole test suite (embedded servers unless TEST_DAT
 lint: $(STAMP_DEV) ## Lint and type-check (ruff, mypy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app workers schemas devserver.py
+	$(VENV)/bin/mypy app workers schemas devserver.py embedded.py
 
 migrate: $(STAMP_RUN) ## Apply pending migrations to DATABASE_URL
 	$(PY) -m workers.migrate

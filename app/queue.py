@@ -11,6 +11,7 @@ import redis.exceptions
 from celery import Celery
 from flask import Flask, current_app
 
+from workers import ledger
 from workers.celery_app import make_celery
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ def enqueue(task_name: str, payload: Any, *, task_id: str, summary: str) -> None
     """Publish one task message; raise QueueUnavailable if the broker did not take it."""
     celery: Celery = current_app.extensions[EXTENSION]
     try:
+        # Recorded first: if the broker then loses the message, the sweeper publishes it again.
+        with celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
+            ledger.record(conn.default_channel.client, task_id, task_name, payload)
         celery.send_task(
             task_name,
             args=[payload],

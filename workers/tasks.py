@@ -7,21 +7,25 @@ import logging
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+import kombu.exceptions
 import psycopg
 import redis.exceptions
-from celery import Task
+from celery import Task, bootsteps
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 from psycopg_pool import PoolTimeout
 
 from schemas.events import load_events
-from workers import store
+from workers import ledger, store
 from workers.celery_app import (
     APPLY_EVENTS,
     QUARANTINE,
+    QUEUE,
     RETRY_BACKOFF_MAX,
+    SWEEP_INTERVAL,
+    SWEEP_MIN_AGE,
     VISIBILITY_TIMEOUT,
     app,
 )
@@ -94,13 +98,17 @@ class GuardedTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = f"ticks:deliveries:{self.request.id}"
         deliveries = self.count_delivery(key)
+        finished = False
         try:
             if deliveries > MAX_DELIVERIES:
                 error = f"the worker died running it {deliveries - 1} times"
-                return self.dead_letter(args, error, deliveries)
-            return self.run_until_done(args, kwargs, deliveries)
+                result = self.dead_letter(args, error, deliveries)
+            else:
+                result = self.run_until_done(args, kwargs, deliveries)
+            finished = True
+            return result
         finally:
-            self.forget_delivery(key)
+            self.forget_delivery(key, finished)
 
     def run_until_done(self, args: tuple[Any, ...], kwargs: dict[str, Any], deliveries: int) -> Any:
         """Run the task through transient errors; dead-letter after repeated other errors."""
@@ -156,15 +164,20 @@ class GuardedTask(Task):
             log.warning("delivery count unavailable for %s: %s", self.request.id, exc)
             return 1
 
-    def forget_delivery(self, key: str) -> None:
-        """Drop the count once the delivery ended (done, requeued or dead-lettered)."""
+    def forget_delivery(self, key: str, finished: bool) -> None:
+        """Drop the delivery count; once finished, the message's in-flight ledger entry too."""
         try:
             with self.app.pool.acquire(block=True, timeout=5) as conn:
-                conn.default_channel.client.delete(key)
+                pipe = conn.default_channel.client.pipeline().delete(key)
+                if finished:
+                    ledger.finish(pipe, self.request.id)
+                pipe.execute()
         except (OSError, redis.exceptions.RedisError):
-            pass  # the key expires by itself
+            # The count expires by itself; a ledger entry left behind makes the sweeper
+            # publish the message again, which applies nothing twice.
+            log.warning("could not clear delivery records of %s", self.request.id)
 
-    def dead_letter(self, args: tuple[Any, ...], error: str, deliveries: int) -> None:
+    def dead_letter(self, args: tuple[Any, ...], error: str, deliveries: int) -> bool:
         """Store the message in dead_letters, waiting out a database outage first."""
         letter = {
             "task_id": self.request.id,
@@ -182,6 +195,32 @@ class GuardedTask(Task):
             except TRANSIENT_ERRORS as exc:
                 self.wait_out(exc, attempt, held_since)
         log.error("dead-lettered task=%s task_id=%s: %s", self.name, self.request.id, error)
+        return False
+
+
+class LedgerSweeper(bootsteps.StartStopStep):
+    """Every worker sweeps the in-flight ledger on a timer (one at a time, by a lock)."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+
+    def start(self, worker: Any) -> None:
+        self.timer_ref = worker.timer.call_repeatedly(
+            SWEEP_INTERVAL, self.sweep_once, (worker.app,), priority=10
+        )
+
+    def stop(self, worker: Any) -> None:
+        ref = getattr(self, "timer_ref", None)
+        if ref is not None:
+            ref.cancel()
+
+    def sweep_once(self, celery: Any) -> None:
+        try:
+            ledger.sweep(celery, QUEUE, SWEEP_MIN_AGE, lock_seconds=max(1, int(SWEEP_INTERVAL)))
+        except (OSError, redis.exceptions.RedisError, kombu.exceptions.OperationalError) as exc:
+            log.warning("ledger sweep skipped: %s", exc)
+
+
+app.steps["worker"].add(LedgerSweeper)
 
 
 @app.task(name=APPLY_EVENTS, base=GuardedTask)

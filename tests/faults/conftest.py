@@ -7,29 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.servers import PostgresServer, RedisServer
+from embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.faults.servers import migrated_postgres
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "redis").start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(tmp_path / "pg")
-    yield server
+def own_postgres(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    server, url = migrated_postgres(tmp_path / "pg")
+    yield server, url
     server.start()  # in case a test left it stopped, so cleanup can stop it properly
     server.cleanup()
 
 
 @pytest.fixture
-def redis_url(own_redis: RedisServer) -> str:
+def redis_url(own_redis: EmbeddedRedis) -> str:
     return own_redis.url
 
 
 @pytest.fixture
-def database_url(own_postgres: PostgresServer) -> str:
-    return own_postgres.url
+def database_url(own_postgres: tuple[EmbeddedPostgres, str]) -> str:
+    return own_postgres[1]

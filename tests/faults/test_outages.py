@@ -27,7 +27,7 @@ def test_database_down_30s_endpoint_keeps_accepting_and_everything_lands_once(
         assert client.post(ZAPI_URL, json=zapi("SENT", f"DB-{n}")).status_code == 200
     wait_for(lambda: events_landed(db) == 20)
     db.close()
-    own_postgres.stop()
+    own_postgres[0].stop()
     stopped_at = time.monotonic()
     sent = 20
     while time.monotonic() - stopped_at < OUTAGE_SECONDS:
@@ -39,11 +39,11 @@ def test_database_down_30s_endpoint_keeps_accepting_and_everything_lands_once(
         time.sleep(0.2)
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json["database"] == "unavailable"
-    own_postgres.start()
+    own_postgres[0].start()
     restarted_at = time.monotonic()
     import psycopg
 
-    with psycopg.connect(own_postgres.url, autocommit=True) as conn:
+    with psycopg.connect(own_postgres[1], autocommit=True) as conn:
         distinct = 40 + min(sent - 20, 40)  # DB-0..39 sent, and read for each one posted
         wait_for(
             lambda: (

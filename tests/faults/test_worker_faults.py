@@ -18,12 +18,20 @@ from tests.faults.helpers import (
     lifecycle_callbacks,
     zapi,
 )
+from workers import ledger
 from workers.celery_app import APPLY_EVENTS, QUEUE
 from workers.tasks import MAX_DELIVERIES, POISON_RETRIES
 
 pytestmark = pytest.mark.fault
-# Short enough that a killed worker's unacknowledged messages come back within the test.
-QUICK_REDELIVERY = {"TICKS_VISIBILITY_TIMEOUT": "10", "TICKS_RETRY_BACKOFF_MAX": "5"}
+# Short enough that a killed worker's messages come back within the test: those it held
+# (Redis's visibility timeout) and one it had taken off the queue but not yet recorded as
+# held (the in-flight ledger's sweeper).
+QUICK_REDELIVERY = {
+    "TICKS_VISIBILITY_TIMEOUT": "10",
+    "TICKS_RETRY_BACKOFF_MAX": "5",
+    "TICKS_SWEEP_INTERVAL": "2",
+    "TICKS_SWEEP_MIN_AGE": "15",
+}
 
 
 def post_all(client, bodies) -> None:
@@ -54,6 +62,7 @@ def test_worker_killed_mid_drain_loses_nothing_and_doubles_nothing(
     )
     recovered = time.monotonic() - killed_at
     assert_exactly_once(db, "K", messages)
+    wait_for(lambda: broker.zcard(ledger.INFLIGHT) == 0, timeout=30)
     record_property("events_at_kill", landed_at_kill)
     record_property("seconds_to_finish_after_kill", round(recovered, 1))
     print(
@@ -175,3 +184,22 @@ def test_redelivered_and_repeated_callbacks_are_applied_once(client, db, app, st
 def test_poison_retries_and_delivery_bounds_are_small():
     assert 1 <= POISON_RETRIES <= 5
     assert 1 <= MAX_DELIVERIES <= 5
+
+
+def test_a_message_the_broker_lost_is_published_again_and_applied_once(
+    client, db, broker, start_worker
+):
+    post_all(client, [zapi("SENT", "LOST-1"), zapi("SENT", "KEPT-1")])
+    # A worker took it off the queue (BRPOP) and died before recording it as held: kombu
+    # has no trace of it left, in the queue or in its unacknowledged set.
+    assert broker.rpop(QUEUE) is not None
+    assert broker.llen(QUEUE) == 1 and not broker.hlen("unacked")
+    start_worker(env={"TICKS_SWEEP_INTERVAL": "1", "TICKS_SWEEP_MIN_AGE": "2"})
+    wait_for(
+        lambda: (
+            count(db, "SELECT count(*) FROM messages WHERE message_id IN ('LOST-1', 'KEPT-1')") == 2
+        ),
+        timeout=30,
+    )
+    wait_for(lambda: broker.zcard(ledger.INFLIGHT) == 0, timeout=30)
+    assert count(db, "SELECT count(*) FROM status_events") == 2

@@ -79,6 +79,9 @@ def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
     assert message["status"] == "played"
     assert message["read_by_me_at"] is not None
     assert all(message[f"{s}_at"] for s in ("sent", "received", "read", "played"))
+    # Every message finished: nothing left in the in-flight ledger.
+    broker = client.application.extensions["ticks.celery"].connection_for_write()
+    wait_for(lambda: broker.default_channel.client.zcard("ticks:inflight") == 0)
     logged = worker.output()
     assert "message_id=999999999999999999999" in logged
     assert "phone=*********9999" in logged  # masked: the last four digits only

@@ -1,0 +1,498 @@
+"""`make bench`: Ticks beside its references, every figure measured in the same run.
+
+1. Ingest: the webhook endpoint under the production gunicorn config, against a bare Flask
+   endpoint (parse JSON, answer 200) under the same config; wrk drives both.
+2. Drain: a backlog of BENCH_BACKLOG callbacks to committed rows, against a no-op task with
+   Ticks' worker settings (Celery's ceiling) and the naive pipeline (bench/naive.py).
+3. End to end: callbacks at a steady BENCH_RATE per second, from the endpoint's 200 to the row.
+4. Memory: peak RSS of a web process and of a worker (main process and pool) under load.
+Servers are embedded (a temporary PostgreSQL and Redis with AOF), like `make run`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from embedded import EmbeddedPostgres, EmbeddedRedis
+from workers.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+RATE = int(os.environ.get("BENCH_RATE", "300"))
+TOKEN = "bench-token"
+WORKER_CONCURRENCY = "2"
+
+
+def log(message: str) -> None:
+    print(f"bench | {message}", flush=True)
+
+
+def callback(message_id: str, status: str = "SENT", offset: int = 0) -> dict[str, Any]:
+    return {
+        "status": status,
+        "ids": [message_id],
+        "momment": 1732280000000 + offset,
+        "phone": "5511987654321",
+        "type": "MessageStatusCallback",
+        "instanceId": "bench",
+    }
+
+
+class RssPeak:
+    """Sample the RSS of processes (and their children) in the background; keep the peak."""
+
+    def __init__(self, root: psutil.Process, per_child: bool) -> None:
+        self.root, self.per_child, self.peak = root, per_child, 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        while not self.stopped.wait(0.2):
+            try:
+                children = self.root.children(recursive=True)
+                sizes = (
+                    [p.memory_info().rss for p in children]
+                    if self.per_child
+                    else [sum(p.memory_info().rss for p in [self.root, *children])]
+                )
+                self.peak = max([self.peak, *sizes])
+            except psutil.Error:
+                pass
+
+    def stop(self) -> float:
+        self.stopped.set()
+        self.thread.join()
+        return round(self.peak / 2**20, 1)
+
+
+@contextmanager
+def process(argv: list[str], env: dict[str, str], log_path: Path):
+    """Run a process for the duration of a block, its output in a file."""
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+            return response.status < 500
+    except OSError:
+        return False
+
+
+def wrk(url: str, body: str, connections: int, rate: float | None, tmp: Path) -> dict[str, float]:
+    """Drive url with wrk; with ``rate``, each connection paces itself to share that rate."""
+    script = tmp / "post.lua"
+    delay = f"function delay() return {connections * 1000 / rate:.3f} end" if rate else ""
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+        f'wrk.headers["Content-Type"] = "application/json"\n{delay}\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{SECONDS}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": latency(out, "50%"),
+        "p99_ms": latency(out, "99%"),
+        "errors": int(non_2xx.group(1)) if non_2xx else 0,
+    }
+
+
+def latency(wrk_output: str, percentile: str) -> float:
+    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", wrk_output).groups()
+    return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
+
+
+def bench_ingest(env: dict[str, str], broker: EmbeddedRedis, tmp: Path) -> dict[str, Any]:
+    """Ticks' endpoint and the bare Flask one, same gunicorn config, same load."""
+    body = json.dumps(callback("3EB0A1B2C3D4E5F6BENCH"))
+    results: dict[str, Any] = {}
+    for name, spec in (("bare", "bench.bare_app:app"), ("ticks", "app:create_app()")):
+        port = str(free_port())
+        argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", spec]
+        run_env = {**env, "PORT": port, "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
+        with process(argv, run_env, tmp / f"gunicorn-{name}.log") as web:
+            url = f"http://127.0.0.1:{port}/webhooks/zapi/{TOKEN}"
+            wait_until(
+                lambda u=url: (
+                    http_ok(u.replace(f"/webhooks/zapi/{TOKEN}", "/healthz")) or http_ok(u)
+                ),
+                30,
+                f"{name} web",
+            )
+            wrk(url, body, 16, None, tmp)  # warm up
+            memory = RssPeak(psutil.Process(web.pid), per_child=True)
+            peak = wrk(url, body, 16, None, tmp)
+            half = wrk(url, body, 4, peak["rps"] / 2, tmp)
+            results[name] = {"max": peak, "half_rate": half, "rss_mb": memory.stop()}
+        log(
+            f"ingest {name}: {peak['rps']:.0f} req/s, p99 {peak['p99_ms']} ms; at half rate "
+            f"p99 {half['p99_ms']} ms"
+        )
+        broker.client().flushdb()
+    results["ratio"] = round(results["ticks"]["max"]["rps"] / results["bare"]["max"]["rps"], 3)
+    return results
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def backlog_ids() -> list[tuple[str, str, int]]:
+    """BACKLOG callbacks: a quarter as many messages, each sent/received/read/played, shuffled."""
+    statuses = ["SENT", "RECEIVED", "READ", "PLAYED"]
+    items = [(f"B{n}", s, i) for n in range(BACKLOG // 4) for i, s in enumerate(statuses)]
+    random.Random(1).shuffle(items)
+    return items
+
+
+def publish_backlog(kind: str, env: dict[str, str]) -> None:
+    """Queue the backlog as the producer of each pipeline would."""
+    from celery import Celery
+
+    from schemas.events import dump_events
+    from schemas.zapi import parse
+    from workers.celery_app import APPLY_EVENTS, make_celery
+
+    now = datetime.now(UTC)
+    if kind == "naive":
+        from bench.naive import NAIVE_TASK
+
+        celery, name = Celery("naive", broker=env["REDIS_URL"]), NAIVE_TASK
+    else:
+        celery = make_celery(env["REDIS_URL"])
+        name = "bench.noop" if kind == "noop" else APPLY_EVENTS
+    with celery.producer_or_acquire() as producer:
+        for message_id, status, offset in backlog_ids():
+            body = callback(message_id, status, offset)
+            payload = (
+                body
+                if kind == "naive"
+                else dump_events(parse(body, received_at=now, request_id=message_id).events)
+            )
+            celery.send_task(name, args=[payload], producer=producer, argsrepr="-")
+
+
+def bench_drain(
+    env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
+) -> dict[str, Any]:
+    """Time each pipeline draining the same backlog with two worker processes."""
+    results: dict[str, Any] = {}
+    apps = {
+        "noop": ("bench.noop_app", "ticks", None),
+        "naive": ("bench.naive", "celery", "SELECT count(*) FROM naive_events"),
+        "ticks": ("workers.celery_app", "ticks", "SELECT count(*) FROM status_events"),
+    }
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        from bench.naive import SCHEMA
+
+        conn.execute(SCHEMA)
+        for kind, (app_module, queue, counter) in apps.items():
+            conn.execute("TRUNCATE status_events, messages, naive_events, naive_messages")
+            broker.client().flushdb()
+            started = time.monotonic()
+            publish_backlog(kind, env)
+            log(f"drain {kind}: {BACKLOG} queued in {time.monotonic() - started:.0f}s")
+            argv = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app_module,
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                WORKER_CONCURRENCY,
+                "--queues",
+                queue,
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+            client = broker.client()
+            with process(argv, env, tmp / f"worker-{kind}.log") as worker:
+                memory = RssPeak(psutil.Process(worker.pid), per_child=False)
+                wait_until(lambda q=queue, c=client: c.llen(q) < BACKLOG, 60, f"{kind} worker")
+                started = time.monotonic()
+
+                def done(q=queue, sql=counter, c=client) -> bool:
+                    if c.llen(q) or c.hlen("unacked"):
+                        return False
+                    return sql is None or conn.execute(sql).fetchone()[0] >= BACKLOG
+
+                wait_until(done, 3600, f"{kind} drain")
+                elapsed = time.monotonic() - started
+                results[kind] = {
+                    "seconds": round(elapsed, 1),
+                    "per_second": round(BACKLOG / elapsed, 1),
+                    "rss_mb": memory.stop(),
+                }
+            log(
+                f"drain {kind}: {results[kind]['per_second']:.0f} callbacks/s, "
+                f"worker RSS {results[kind]['rss_mb']} MB"
+            )
+    results["ratio_vs_naive"] = round(
+        results["ticks"]["per_second"] / results["naive"]["per_second"], 3
+    )
+    results["ratio_vs_noop"] = round(
+        results["ticks"]["per_second"] / results["noop"]["per_second"], 3
+    )
+    return results
+
+
+def bench_end_to_end(
+    env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
+) -> dict[str, Any]:
+    """At a steady RATE, the time from each 200 to its event's row."""
+    import http.client
+
+    broker.client().flushdb()
+    port = free_port()
+    web_argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "app/gunicorn_conf.py",
+        "app:create_app()",
+    ]
+    worker_argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        WORKER_CONCURRENCY,
+        "--queues",
+        "ticks",
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    acked: dict[str, float] = {}
+    total = RATE * SECONDS * 2
+    with ExitStack() as stack:
+        stack.enter_context(
+            process(
+                web_argv,
+                {**env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"},
+                tmp / "e2e-web.log",
+            )
+        )
+        stack.enter_context(process(worker_argv, env, tmp / "e2e-worker.log"))
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "web")
+        time.sleep(3)  # the worker connects
+        start = time.time() + 0.5
+        lock = threading.Lock()
+
+        def sender(offset: int, step: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            for n in range(offset, total, step):
+                time.sleep(max(0.0, start + n / RATE - time.time()))
+                message_id = f"E{n}"
+                conn.request(
+                    "POST",
+                    f"/webhooks/zapi/{TOKEN}",
+                    json.dumps(callback(message_id)),
+                    {"Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    with lock:
+                        acked[message_id] = time.time()
+
+        threads = [threading.Thread(target=sender, args=(i, 8)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) FROM status_events WHERE message_id LIKE 'E%'"
+                    ).fetchone()[0]
+                    >= len(acked)
+                ),
+                120,
+                "end-to-end drain",
+            )
+            rows = conn.execute(
+                "SELECT message_id, extract(epoch FROM created_at) "
+                "FROM status_events WHERE message_id LIKE 'E%'"
+            ).fetchall()
+    delays = sorted(max(0.0, float(at) - acked[mid]) * 1000 for mid, at in rows if mid in acked)
+    result = {
+        "rate": RATE,
+        "sent": total,
+        "acknowledged": len(acked),
+        "p50_ms": round(delays[len(delays) // 2], 1),
+        "p99_ms": round(delays[int(len(delays) * 0.99)], 1),
+    }
+    log(f"end to end at {RATE}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    ingest, drain, e2e = results["ingest"], results["drain"], results["end_to_end"]
+    rows = [
+        (
+            "Ingest, callbacks/s (wrk, 16 connections)",
+            f"{ingest['ticks']['max']['rps']:.0f}",
+            f"bare Flask {ingest['bare']['max']['rps']:.0f}",
+            f"{ingest['ratio']}x",
+            ">= 0.75x",
+        ),
+        (
+            "Ingest p50 / p99 at max, ms",
+            f"{ingest['ticks']['max']['p50_ms']} / {ingest['ticks']['max']['p99_ms']}",
+            f"{ingest['bare']['max']['p50_ms']} / {ingest['bare']['max']['p99_ms']}",
+            "",
+            "",
+        ),
+        (
+            "Ingest p99 at half the max rate, ms",
+            f"{ingest['ticks']['half_rate']['p99_ms']}",
+            f"{ingest['bare']['half_rate']['p99_ms']}",
+            "",
+            "<= 10 ms",
+        ),
+        (
+            f"Drain, callbacks/s ({BACKLOG} backlog, 2 worker processes)",
+            f"{drain['ticks']['per_second']:.0f}",
+            f"naive {drain['naive']['per_second']:.0f}",
+            f"{drain['ratio_vs_naive']}x",
+            ">= 3x",
+        ),
+        (
+            "Drain against Celery's ceiling",
+            f"{drain['ticks']['per_second']:.0f}",
+            f"no-op task {drain['noop']['per_second']:.0f}",
+            f"{drain['ratio_vs_noop']}x",
+            ">= 0.8x",
+        ),
+        (
+            f"End to end at {e2e['rate']}/s, p50 / p99 ms",
+            f"{e2e['p50_ms']} / {e2e['p99_ms']}",
+            "",
+            "",
+            "p99 <= 250 ms",
+        ),
+        (
+            "Web process peak RSS, MB",
+            f"{ingest['ticks']['rss_mb']}",
+            f"bare Flask {ingest['bare']['rss_mb']}",
+            "",
+            "<= 80 MB",
+        ),
+        (
+            "Worker peak RSS (main + pool), MB",
+            f"{drain['ticks']['rss_mb']}",
+            f"no-op {drain['noop']['rss_mb']}, naive {drain['naive']['rss_mb']}",
+            "",
+            "<= 150 MB",
+        ),
+    ]
+    lines = ["| Measure | Ticks | Reference | Ratio | Target |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    return "\n".join(lines) + f"\n\nMeasured {results['when']} on {results['machine']}.\n"
+
+
+def main() -> int:
+    if not shutil.which("wrk"):
+        print(
+            "bench: wrk is needed as the load generator: sudo apt-get install wrk", file=sys.stderr
+        )
+        return 2
+    RESULTS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ticks-bench-") as tmpdir, ExitStack() as stack:
+        tmp = Path(tmpdir)
+        postgres = EmbeddedPostgres(tmp / "pg")
+        stack.callback(postgres.cleanup)
+        database_url = postgres.database("ticks")
+        migrate(database_url)
+        broker = EmbeddedRedis(tmp / "redis").start()
+        stack.callback(broker.stop)
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": broker.url,
+            "API_TOKEN": "bench-api",
+            "ZAPI_WEBHOOK_TOKENS": TOKEN,
+            "PYTHONPATH": str(ROOT),
+        }
+        results: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+            "backlog": BACKLOG,
+        }
+        results["ingest"] = bench_ingest(env, broker, tmp)
+        results["drain"] = bench_drain(env, database_url, broker, tmp)
+        results["end_to_end"] = bench_end_to_end(env, database_url, broker, tmp)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (RESULTS / "latest.md").write_text(table)
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
