@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -112,9 +113,12 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 def http_ok(url: str) -> bool:
+    """True when a server answers url with anything but a 5xx."""
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
             return response.status < 500
+    except urllib.error.HTTPError as error:
+        return error.code < 500
     except OSError:
         return False
 
