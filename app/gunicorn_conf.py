@@ -4,7 +4,10 @@ import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+# Threads let concurrent callbacks share one broker message (app/queue.py, GroupPublisher):
+# under a burst the endpoint publishes once for many callbacks instead of once for each.
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "8"))
 # Green-API waits up to 180 s but Meta expects ~250 ms: a request that takes 30 s is a bug.
 timeout = 30
 graceful_timeout = 8

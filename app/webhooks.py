@@ -13,10 +13,10 @@ from marshmallow import ValidationError
 
 from app.auth import header_token, token_matches
 from app.errors import ApiError
-from app.queue import QueueUnavailable, enqueue
+from app.queue import QueueUnavailable, enqueue, enqueue_events
 from schemas import providers
 from schemas.events import dump_events
-from workers.celery_app import APPLY_EVENTS, QUARANTINE
+from workers.celery_app import QUARANTINE
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,10 @@ def receive(provider: str, token: str | None) -> Response:
     if parsed.ignored is not None:
         log.info("ignored provider=%s type=%s", provider, parsed.ignored)
         return jsonify(accepted=0, ignored=parsed.ignored)
-    publish(
-        APPLY_EVENTS,
-        dump_events(parsed.events),
-        request_id,
-        f"[{len(parsed.events)} {provider} events]",
-    )
+    try:
+        enqueue_events(dump_events(parsed.events))
+    except QueueUnavailable:
+        raise unavailable() from None
     log.info(
         "accepted provider=%s events=%d request_id=%s message_ids=%s",
         provider,
@@ -114,5 +112,10 @@ def publish(task_name: str, payload: Any, request_id: str, summary: str) -> None
     try:
         enqueue(task_name, payload, task_id=request_id, summary=summary)
     except QueueUnavailable:
-        retry_after = str(current_app.config["RETRY_AFTER_SECONDS"])
-        raise ApiError(503, "queue unavailable", {"Retry-After": retry_after}) from None
+        raise unavailable() from None
+
+
+def unavailable() -> ApiError:
+    """The 503 a provider retries later."""
+    retry_after = str(current_app.config["RETRY_AFTER_SECONDS"])
+    return ApiError(503, "queue unavailable", {"Retry-After": retry_after})

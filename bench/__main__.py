@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -39,8 +38,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "300"))
+ONLY = os.environ.get("BENCH_ONLY", "ingest,drain,end_to_end").split(",")
 TOKEN = "bench-token"
 WORKER_CONCURRENCY = "2"
+WEB_APP = "app:create_app()"
+# Every pipeline's worker runs with these (the Procfile's, quieter).
+WORKER_OPTIONS = [
+    "--pool",
+    "prefork",
+    "--concurrency",
+    WORKER_CONCURRENCY,
+    "--loglevel",
+    "WARNING",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+]
 
 
 def log(message: str) -> None:
@@ -151,11 +164,13 @@ def latency(wrk_output: str, percentile: str) -> float:
     return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
 
 
-def bench_ingest(env: dict[str, str], broker: EmbeddedRedis, tmp: Path) -> dict[str, Any]:
+def bench_ingest(
+    env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
+) -> dict[str, Any]:
     """Ticks' endpoint and the bare Flask one, same gunicorn config, same load."""
     body = json.dumps(callback("3EB0A1B2C3D4E5F6BENCH"))
     results: dict[str, Any] = {}
-    for name, spec in (("bare", "bench.bare_app:app"), ("ticks", "app:create_app()")):
+    for name, spec in (("bare", "bench.bare_app:app"), ("ticks", WEB_APP)):
         port = str(free_port())
         argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", spec]
         run_env = {**env, "PORT": port, "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
@@ -190,61 +205,121 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def backlog_ids() -> list[tuple[str, str, int]]:
-    """BACKLOG callbacks: a quarter as many messages, each sent/received/read/played, shuffled."""
-    statuses = ["SENT", "RECEIVED", "READ", "PLAYED"]
-    items = [(f"B{n}", s, i) for n in range(BACKLOG // 4) for i, s in enumerate(statuses)]
-    random.Random(1).shuffle(items)
-    return items
+STATUSES = ["SENT", "RECEIVED", "READ", "PLAYED"]
+# The same backlog for every pipeline: BACKLOG callbacks about BACKLOG / 4 messages, each
+# message sent, received, read and played once, its four callbacks in a mixed order.
+BACKLOG_LUA = """
+local total, messages, n, accepted, refused = %(total)d, %(messages)d, -2, 0, 0
+local statuses = {"SENT", "RECEIVED", "READ", "PLAYED"}
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  n = n + 1
+  -- wrk makes (and drops) one request before connecting: that one, and any after the
+  -- backlog, is a harmless GET.
+  if n < 0 or n >= total then return wrk.format("GET", "/healthz") end
+  local i = n %% messages
+  local status = statuses[((math.floor(n / messages) + i) %% 4) + 1]
+  return wrk.format("POST", "%(path)s", nil, string.format(
+    '{"status":"%%s","ids":["B%%d"],"momment":%%d,"phone":"5511987654321",'
+    .. '"type":"MessageStatusCallback","instanceId":"bench"}', status, i, 1732280000000 + n))
+end
+response = function(status, headers, body)
+  if string.find(body, '"accepted"', 1, true) then accepted = accepted + 1
+  elseif status ~= 200 then refused = refused + 1 end
+  if accepted + refused == total then io.stderr:write("done " .. refused .. "\\n") end
+end
+"""
 
 
-def publish_backlog(kind: str, env: dict[str, str]) -> None:
-    """Queue the backlog as the producer of each pipeline would."""
+def backlog() -> list[tuple[str, str, int]]:
+    """(message id, status, offset) of each callback, in the order BACKLOG_LUA sends them."""
+    messages = BACKLOG // 4
+    return [
+        (f"B{n % messages}", STATUSES[(n // messages + n % messages) % 4], n)
+        for n in range(BACKLOG)
+    ]
+
+
+def queue_through_endpoint(env: dict[str, str], tmp: Path) -> None:
+    """Post the backlog to Ticks' endpoint (production config, wrk, 16 connections)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", WEB_APP]
+    run_env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
+    script = tmp / "backlog.lua"
+    script.write_text(
+        BACKLOG_LUA
+        % {"total": BACKLOG, "messages": BACKLOG // 4, "path": f"/webhooks/zapi/{TOKEN}"}
+    )
+    with process(argv, run_env, tmp / "gunicorn-backlog.log"):
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "web")
+        # wrk runs for its whole -d even once its thread stops: the script says when it is done.
+        load = subprocess.Popen(
+            ["wrk", "-t1", "-c16", "-d3600s", "-s", str(script), f"http://127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert load.stderr is not None
+            line = load.stderr.readline()
+        finally:
+            load.terminate()
+            load.wait()
+    if not line.startswith("done 0"):
+        raise SystemExit(f"bench: the endpoint did not accept the whole backlog: {line!r}")
+
+
+def queue_naively(env: dict[str, str]) -> None:
+    """Queue the backlog as the naive producer does: one send_task per callback."""
     from celery import Celery
 
-    from schemas.events import dump_events
-    from schemas.zapi import parse
-    from workers.celery_app import APPLY_EVENTS, make_celery
+    from bench.naive import NAIVE_TASK
 
-    now = datetime.now(UTC)
-    if kind == "naive":
-        from bench.naive import NAIVE_TASK
-
-        celery, name = Celery("naive", broker=env["REDIS_URL"]), NAIVE_TASK
-    else:
-        celery = make_celery(env["REDIS_URL"])
-        name = "bench.noop" if kind == "noop" else APPLY_EVENTS
+    celery = Celery("naive", broker=env["REDIS_URL"])
     with celery.producer_or_acquire() as producer:
-        for message_id, status, offset in backlog_ids():
+        for message_id, status, offset in backlog():
             body = callback(message_id, status, offset)
-            payload = (
-                body
-                if kind == "naive"
-                else dump_events(parse(body, received_at=now, request_id=message_id).events)
-            )
-            celery.send_task(name, args=[payload], producer=producer, argsrepr="-")
+            celery.send_task(NAIVE_TASK, args=[body], producer=producer)
 
 
 def bench_drain(
     env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
 ) -> dict[str, Any]:
-    """Time each pipeline draining the same backlog with two worker processes."""
+    """Time each pipeline draining the same backlog with the same worker processes.
+
+    Ticks' backlog is posted through its endpoint, so its messages are what a burst produces
+    (concurrent callbacks grouped); the no-op reference drains a copy of those very messages;
+    the naive pipeline's producer queues one message per callback.
+    """
     results: dict[str, Any] = {}
     apps = {
+        "ticks": ("workers.celery_app", "ticks", "SELECT count(*) FROM status_events"),
         "noop": ("bench.noop_app", "ticks", None),
         "naive": ("bench.naive", "celery", "SELECT count(*) FROM naive_events"),
-        "ticks": ("workers.celery_app", "ticks", "SELECT count(*) FROM status_events"),
     }
+    client = broker.client()
+    client.flushdb()
+    started = time.monotonic()
+    queue_through_endpoint(env, tmp)
+    ticks_messages = client.llen("ticks")
+    log(
+        f"drain: {BACKLOG} callbacks posted to the endpoint in {time.monotonic() - started:.0f}s"
+        f" became {ticks_messages} task messages"
+    )
+    ticks_backlog = client.dump("ticks")
     with psycopg.connect(database_url, autocommit=True) as conn:
         from bench.naive import SCHEMA
 
         conn.execute(SCHEMA)
         for kind, (app_module, queue, counter) in apps.items():
             conn.execute("TRUNCATE status_events, messages, naive_events, naive_messages")
-            broker.client().flushdb()
-            started = time.monotonic()
-            publish_backlog(kind, env)
-            log(f"drain {kind}: {BACKLOG} queued in {time.monotonic() - started:.0f}s")
+            client.flushdb()
+            if kind == "naive":
+                queue_naively(env)
+            else:
+                client.restore("ticks", 0, ticks_backlog)
+            queued = client.llen(queue)
             argv = [
                 sys.executable,
                 "-m",
@@ -252,39 +327,31 @@ def bench_drain(
                 "-A",
                 app_module,
                 "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                WORKER_CONCURRENCY,
+                *WORKER_OPTIONS,
                 "--queues",
                 queue,
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
             ]
-            client = broker.client()
             with process(argv, env, tmp / f"worker-{kind}.log") as worker:
                 memory = RssPeak(psutil.Process(worker.pid), per_child=False)
-                wait_until(lambda q=queue, c=client: c.llen(q) < BACKLOG, 60, f"{kind} worker")
+                wait_until(lambda q=queue, n=queued: client.llen(q) < n, 60, f"{kind} worker")
                 started = time.monotonic()
 
-                def done(q=queue, sql=counter, c=client) -> bool:
-                    if c.llen(q) or c.hlen("unacked"):
+                def done(q=queue, sql=counter) -> bool:
+                    if client.llen(q) or client.hlen("unacked"):
                         return False
                     return sql is None or conn.execute(sql).fetchone()[0] >= BACKLOG
 
                 wait_until(done, 3600, f"{kind} drain")
                 elapsed = time.monotonic() - started
                 results[kind] = {
+                    "messages": queued,
                     "seconds": round(elapsed, 1),
                     "per_second": round(BACKLOG / elapsed, 1),
                     "rss_mb": memory.stop(),
                 }
             log(
-                f"drain {kind}: {results[kind]['per_second']:.0f} callbacks/s, "
-                f"worker RSS {results[kind]['rss_mb']} MB"
+                f"drain {kind}: {queued} messages, {results[kind]['per_second']:.0f} "
+                f"callbacks/s, worker RSS {results[kind]['rss_mb']} MB"
             )
     results["ratio_vs_naive"] = round(
         results["ticks"]["per_second"] / results["naive"]["per_second"], 3
@@ -303,14 +370,7 @@ def bench_end_to_end(
 
     broker.client().flushdb()
     port = free_port()
-    web_argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        "app/gunicorn_conf.py",
-        "app:create_app()",
-    ]
+    web_argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", WEB_APP]
     worker_argv = [
         sys.executable,
         "-m",
@@ -318,17 +378,9 @@ def bench_end_to_end(
         "-A",
         "workers.celery_app",
         "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        WORKER_CONCURRENCY,
+        *WORKER_OPTIONS,
         "--queues",
         "ticks",
-        "--loglevel",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
     ]
     acked: dict[str, float] = {}
     total = RATE * SECONDS * 2
@@ -488,9 +540,13 @@ def main() -> int:
             "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
             "backlog": BACKLOG,
         }
-        results["ingest"] = bench_ingest(env, broker, tmp)
-        results["drain"] = bench_drain(env, database_url, broker, tmp)
-        results["end_to_end"] = bench_end_to_end(env, database_url, broker, tmp)
+        benches = {"ingest": bench_ingest, "drain": bench_drain, "end_to_end": bench_end_to_end}
+        for name, bench in benches.items():
+            if name in ONLY:
+                results[name] = bench(env, database_url, broker, tmp)
+    if set(ONLY) != set(benches):  # a partial run: shown, not kept as the latest table
+        print(json.dumps(results, indent=2))
+        return 0
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (RESULTS / "latest.md").write_text(table)

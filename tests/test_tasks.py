@@ -103,3 +103,18 @@ def test_dead_lettering_waits_out_an_outage_too(monkeypatch, quiet, db):
     apply_events.apply(args=[[EVENT]])
     assert len(attempts) == 3
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (1,)
+
+
+def test_one_log_line_per_batch_and_phones_masked_in_the_detail(quiet, db, caplog):
+    events = [
+        {**EVENT, "message_id": f"T-{n}", "phone": "5511987654321", "request_id": f"req{n}"}
+        for n in range(3)
+    ]
+    with caplog.at_level("DEBUG", logger="workers.tasks"):
+        apply_events.apply(args=[events])
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("applied")]
+    assert "events=3 applied=3" in summary
+    assert "message_ids=T-0,T-1,T-2" in summary
+    assert "request_ids=req0,req1,req2" in summary
+    assert "5511987654321" not in caplog.text
+    assert caplog.text.count("phone=*********4321") == 3

@@ -138,20 +138,31 @@ def merged_identity(events: list[StatusEvent]) -> dict[str, Any]:
 
 
 def apply_events(conn: psycopg.Connection, events: list[StatusEvent]) -> Counter[Outcome]:
-    """Apply events in the caller's transaction; return how many had each outcome."""
+    """Apply events in the caller's transaction; return how many had each outcome.
+
+    Every message is locked first, in sorted order (so concurrent batches never deadlock),
+    then the events are applied in that order. Both go to the server as pipelines
+    (executemany), a few round trips for the whole batch rather than one or two per event.
+    """
     outcomes: Counter[Outcome] = Counter()
     ordered = sorted(events, key=event_order)
+    if not ordered:
+        return outcomes
+    groups = [
+        list(group)
+        for _, group in itertools.groupby(ordered, key=lambda e: (e.provider, e.message_id))
+    ]
     with conn.cursor() as cur:
-        for _, group in itertools.groupby(ordered, key=lambda e: (e.provider, e.message_id)):
-            batch = list(group)
-            cur.execute(LOCK_MESSAGE, merged_identity(batch))
-            for event in batch:
-                cur.execute(APPLY_EVENT, event_params(event))
-                row = cur.fetchone()
-                if row is None:
-                    outcomes[Outcome.DUPLICATE] += 1
-                else:
-                    outcomes[Outcome.APPLIED if row[0] else Outcome.REFUSED] += 1
+        cur.executemany(LOCK_MESSAGE, [merged_identity(group) for group in groups])
+        cur.executemany(APPLY_EVENT, [event_params(e) for e in ordered], returning=True)
+        while True:
+            row = cur.fetchone()
+            if row is None:
+                outcomes[Outcome.DUPLICATE] += 1
+            else:
+                outcomes[Outcome.APPLIED if row[0] else Outcome.REFUSED] += 1
+            if not cur.nextset():
+                break
     return outcomes
 
 

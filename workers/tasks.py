@@ -225,20 +225,30 @@ app.steps["worker"].add(LedgerSweeper)
 
 @app.task(name=APPLY_EVENTS, base=GuardedTask)
 def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
-    """Apply one callback's events in one transaction."""
+    """Apply the events of one or more callbacks in one transaction."""
     events = load_events(payload)
     with get_pool().connection() as conn:
         outcomes = store.apply_events(conn, events)
-    for event in events:
-        log.info(
-            "event provider=%s message_id=%s status=%s phone=%s request_id=%s",
-            event.provider,
-            event.message_id,
-            event.status,
-            mask_phone(event.phone),
-            event.request_id,
-        )
-    return {outcome.value: count for outcome, count in outcomes.items()}
+    counts = {outcome.value: count for outcome, count in outcomes.items()}
+    log.info(
+        "applied task_id=%s events=%d %s message_ids=%s request_ids=%s",
+        apply_events.request.id,
+        len(events),
+        " ".join(f"{name}={count}" for name, count in sorted(counts.items())),
+        ",".join(sorted({e.message_id for e in events})[:20]),
+        ",".join(sorted({e.request_id for e in events if e.request_id})[:20]),
+    )
+    if log.isEnabledFor(logging.DEBUG):
+        for event in events:
+            log.debug(
+                "event provider=%s message_id=%s status=%s phone=%s request_id=%s",
+                event.provider,
+                event.message_id,
+                event.status,
+                mask_phone(event.phone),
+                event.request_id,
+            )
+    return counts
 
 
 @app.task(name=QUARANTINE, base=GuardedTask)

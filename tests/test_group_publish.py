@@ -1,0 +1,139 @@
+"""Group commit: concurrent callbacks share one task message, and none is answered before it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.queue import BATCHER, GroupPublisher, QueueUnavailable
+from tests.conftest import queued
+
+ZAPI_URL = "/webhooks/zapi/zapi-secret-one"
+
+
+def callback(n: int) -> dict:
+    return {
+        "status": "SENT",
+        "ids": [f"GROUP{n:04d}"],
+        "momment": 1732280000000 + n,
+        "phone": "5511987654321",
+        "type": "MessageStatusCallback",
+    }
+
+
+class SlowBroker:
+    """A publish function that takes a while, records what it got, and can fail."""
+
+    def __init__(self, seconds: float = 0.05, error: Exception | None = None) -> None:
+        self.seconds, self.error = seconds, error
+        self.messages: list[tuple[list, int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, events: list, callbacks: int) -> None:
+        time.sleep(self.seconds)
+        if self.error is not None:
+            raise self.error
+        with self.lock:
+            self.messages.append((events, callbacks))
+
+
+def submit_all(publisher: GroupPublisher, count: int) -> list[BaseException | None]:
+    """Submit count one-event requests from as many threads; return each one's error."""
+    start = threading.Barrier(count)
+
+    def one(n: int) -> BaseException | None:
+        start.wait()
+        try:
+            publisher.submit([{"n": n}])
+        except QueueUnavailable as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_concurrent_requests_through_the_endpoint_share_messages(app, broker, monkeypatch):
+    publisher = app.extensions[BATCHER]
+    real_publish = publisher.publish
+
+    def slow_publish(events: list, callbacks: int) -> None:
+        time.sleep(0.02)  # a busy broker: requests arrive while a message is being published
+        real_publish(events, callbacks)
+
+    monkeypatch.setattr(publisher, "publish", slow_publish)
+    client_count = 24
+    with ThreadPoolExecutor(client_count) as pool:
+        statuses = list(
+            pool.map(
+                lambda n: app.test_client().post(ZAPI_URL, json=callback(n)).status_code,
+                range(client_count),
+            )
+        )
+    assert statuses == [200] * client_count
+    messages = queued(broker)
+    ids = sorted(event["message_id"] for _, events in messages for event in events)
+    assert ids == [f"GROUP{n:04d}" for n in range(client_count)]
+    assert len(messages) < client_count  # grouped: fewer broker messages than callbacks
+    assert broker.zcard("ticks:inflight") == len(messages)  # one ledger entry per message
+
+
+def test_a_request_alone_is_published_at_once_in_its_own_message():
+    broker = SlowBroker(seconds=0)
+    publisher = GroupPublisher(broker)
+    publisher.submit([{"n": 1}, {"n": 2}])
+    assert broker.messages == [([{"n": 1}, {"n": 2}], 1)]
+
+
+def test_every_event_is_published_exactly_once_and_before_its_answer():
+    broker = SlowBroker()
+    publisher = GroupPublisher(broker)
+    assert submit_all(publisher, 40) == [None] * 40
+    published = sorted(event["n"] for events, _ in broker.messages for event in events)
+    assert published == list(range(40))
+    assert len(broker.messages) < 40
+    assert sum(callbacks for _, callbacks in broker.messages) == 40
+
+
+def test_a_message_holds_at_most_max_events():
+    broker = SlowBroker()
+    publisher = GroupPublisher(broker, max_events=5)
+    assert submit_all(publisher, 30) == [None] * 30
+    assert max(len(events) for events, _ in broker.messages) <= 5
+    assert sorted(e["n"] for events, _ in broker.messages for e in events) == list(range(30))
+
+
+@pytest.mark.parametrize("error", [QueueUnavailable("broker down"), RuntimeError("a bug")])
+def test_when_the_publish_fails_every_request_in_it_is_refused(error):
+    broker = SlowBroker(error=error)
+    publisher = GroupPublisher(broker)
+    errors = submit_all(publisher, 10)
+    assert all(isinstance(exc, QueueUnavailable) for exc in errors)
+    assert broker.messages == []
+
+
+def test_a_request_not_taken_before_its_deadline_is_refused_and_never_published():
+    broker = SlowBroker(seconds=1.0)
+    publisher = GroupPublisher(broker)
+    holder = threading.Thread(target=publisher.submit, args=([{"n": "holder"}],))
+    holder.start()
+    time.sleep(0.1)  # the holder is publishing
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable):
+        publisher.submit([{"n": "late"}], deadline=0.3)
+    assert time.monotonic() - started < 0.6
+    holder.join()
+    assert broker.messages == [([{"n": "holder"}], 1)]
+    assert not publisher.waiting
+
+
+def test_the_endpoint_answers_503_when_the_grouped_publish_fails(app, broker, monkeypatch):
+    publisher = app.extensions[BATCHER]
+    monkeypatch.setattr(publisher, "publish", SlowBroker(error=QueueUnavailable("down")))
+    response = app.test_client().post(ZAPI_URL, json=callback(1))
+    assert response.status_code == 503
+    assert response.json == {"error": "queue unavailable"}
+    assert queued(broker) == []
