@@ -2,6 +2,8 @@
 
 import os
 
+from gunicorn.glogging import Logger
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let concurrent callbacks share one broker message (app/queue.py, GroupPublisher):
@@ -13,12 +15,47 @@ timeout = 30
 graceful_timeout = 8
 # The app fails at start-up on bad configuration; preloading shows that error once, early.
 preload_app = True
-accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# The app logs through the root logger (one line per callback); send it to stderr too.
+
+
+class NoAccessLog(Logger):
+    """gunicorn's logger without the access log.
+
+    Webhook URLs carry the provider's token (/webhooks/<provider>/<token>), and gunicorn writes
+    the access log whenever a logging config is given, whatever ``accesslog`` says. Ticks logs
+    each callback itself, with the route and never the token.
+    """
+
+    def access(self, resp, req, environ, request_time):
+        """Log nothing."""
+
+
+logger_class = NoAccessLog
+accesslog = None
+# The app logs through the root logger (one line per callback), to stderr like gunicorn;
+# gunicorn's own messages go to its handler only, not once more through the root. Both
+# handlers redact webhook tokens: gunicorn writes request paths at debug level and in errors.
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact_tokens": {"()": "workers.redact.RedactTokens"}},
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {
+            "level": loglevel.upper(),
+            "handlers": ["error_console"],
+            "propagate": False,
+            "qualname": "gunicorn.error",
+        },
+    },
+    "handlers": {
+        name: {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stderr",
+            "filters": ["redact_tokens"],
+        }
+        for name in ("console", "error_console")
+    },
 }

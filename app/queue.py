@@ -15,9 +15,11 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Celery
 from flask import Flask, current_app
+from kombu.serialization import dumps as serialize
+from kombu.utils.json import dumps as json_dumps
 
 from workers import ledger
-from workers.celery_app import APPLY_EVENTS, make_celery
+from workers.celery_app import APPLY_EVENTS, QUEUE, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,7 @@ EXTENSION = "ticks.celery"
 # A dead or unreachable broker must be answered 503 within 2 s, so every wait is short:
 # connect and socket timeouts of 0.5 s, and one retry of the publish.
 PUBLISH_SOCKET_TIMEOUT = 0.5
-PUBLISH_RETRY_POLICY = {
-    "max_retries": 1,
-    "interval_start": 0.1,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
+PERSISTENT = 2  # kombu's delivery_mode for persistent messages, as send_task sets it
 BROKER_ERRORS = (
     kombu.exceptions.OperationalError,
     redis.exceptions.RedisError,
@@ -165,24 +162,51 @@ def enqueue(task_name: str, payload: Any, *, task_id: str, summary: str) -> None
 
 
 def send(celery: Celery, task_name: str, payload: Any, *, task_id: str, summary: str) -> None:
-    """Record a task message in the in-flight ledger, then publish it."""
+    """Put a task message on the queue and in the in-flight ledger, in one transaction.
+
+    The message is the one ``send_task`` would publish (Celery builds it, kombu frames it);
+    only the last step differs: one MULTI/EXEC holds the LPUSH and the ledger entry, so both
+    or neither are stored, in one round trip.
+    """
     try:
-        # Recorded first: if the broker then loses the message, the sweeper publishes it again.
         with celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
-            ledger.record(conn.default_channel.client, task_id, task_name, payload)
-        celery.send_task(
-            task_name,
-            args=[payload],
-            task_id=task_id,
-            # argsrepr is what Flower and the logs show: a summary, never phone numbers.
-            argsrepr=summary,
-            kwargsrepr="{}",
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+            channel = conn.default_channel
+            message = broker_message(celery, channel, task_name, payload, task_id, summary)
+            pipe = channel.client.pipeline(transaction=True)
+            ledger.record(pipe, task_id, task_name, payload)
+            pipe.lpush(QUEUE, message)
+            pipe.execute()
     except BROKER_ERRORS as exc:
         log.error("broker unavailable task=%s task_id=%s: %s", task_name, task_id, exc)
         raise QueueUnavailable(str(exc)) from exc
+
+
+def broker_message(
+    celery: Celery, channel: Any, task_name: str, payload: Any, task_id: str, summary: str
+) -> str:
+    """Return the task message as kombu's Redis transport stores it on the queue."""
+    headers, properties, body, _ = celery.amqp.create_task_message(
+        task_id,
+        task_name,
+        [payload],
+        {},
+        # argsrepr is what Flower and the logs show: a summary, never phone numbers.
+        argsrepr=summary,
+        kwargsrepr="{}",
+    )
+    content_type, content_encoding, data = serialize(body, serializer="json")
+    message = channel.prepare_message(
+        data,
+        0,
+        content_type,
+        content_encoding,
+        headers,
+        {**properties, "delivery_mode": PERSISTENT},
+    )
+    # What kombu's basic_publish does before its own LPUSH: encode the body, number the
+    # delivery, and address it (the default exchange routes by queue name).
+    channel._inplace_augment_message(message, "", QUEUE)
+    return json_dumps(message)
 
 
 def ping_broker() -> None:

@@ -14,13 +14,19 @@ def kombu_message(task_id: str) -> str:
     return json.dumps({"body": "", "headers": {"id": task_id, "task": "ticks.apply_events"}})
 
 
+def record(broker, task_id: str, payload: list) -> None:
+    pipe = broker.pipeline()
+    ledger.record(pipe, task_id, "ticks.apply_events", payload)
+    pipe.execute()
+
+
 def age(broker, task_id: str, seconds: float) -> None:
     broker.zadd(ledger.INFLIGHT, {task_id: time.time() - seconds})
 
 
 def test_only_unfinished_messages_that_left_the_queue_and_nobody_holds_are_lost(broker):
     for task_id in ("gone", "held", "queued", "young"):
-        ledger.record(broker, task_id, "ticks.apply_events", [])
+        record(broker, task_id, [])
     for task_id in ("gone", "held"):
         age(broker, task_id, 600)
     age(broker, "queued", 300)  # the oldest message still waiting: published 300 s ago
@@ -32,8 +38,8 @@ def test_only_unfinished_messages_that_left_the_queue_and_nobody_holds_are_lost(
 
 
 def test_a_message_published_after_the_oldest_queued_one_is_not_lost(broker):
-    ledger.record(broker, "first", "ticks.apply_events", [])
-    ledger.record(broker, "second", "ticks.apply_events", [])
+    record(broker, "first", [])
+    record(broker, "second", [])
     age(broker, "first", 600)
     age(broker, "second", 500)
     broker.lpush(QUEUE, kombu_message("first"))  # still waiting, so "second" is still behind it
@@ -41,7 +47,7 @@ def test_a_message_published_after_the_oldest_queued_one_is_not_lost(broker):
 
 
 def test_finished_messages_leave_the_ledger(broker):
-    ledger.record(broker, "done", "ticks.apply_events", [1])
+    record(broker, "done", [1])
     pipe = broker.pipeline()
     ledger.finish(pipe, "done")
     pipe.execute()

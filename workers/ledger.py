@@ -26,12 +26,10 @@ SWEEP_LOCK = "ticks:inflight:sweeping"
 KOMBU_UNACKED = "unacked"
 
 
-def record(client: Any, task_id: str, task_name: str, payload: Any) -> None:
-    """Note a message about to be published."""
-    entry = json.dumps({"task": task_name, "payload": payload})
-    client.pipeline().zadd(INFLIGHT, {task_id: time.time()}).hset(
-        MESSAGES, task_id, entry
-    ).execute()
+def record(pipe: Any, task_id: str, task_name: str, payload: Any) -> None:
+    """Add the note of a message about to be published to a pipeline (a MULTI with the push)."""
+    pipe.zadd(INFLIGHT, {task_id: time.time()})
+    pipe.hset(MESSAGES, task_id, json.dumps({"task": task_name, "payload": payload}))
 
 
 def finish(pipe: Any, task_id: str) -> None:

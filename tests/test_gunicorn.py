@@ -1,0 +1,116 @@
+"""The web process as the Procfile runs it: gunicorn with app/gunicorn_conf.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import API_TOKEN, ROOT, load_fixture, queued, wait_for
+from workers.redact import redact_paths
+
+TOKEN = "a-secret-token-never-logged"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def web(database_url, redis_url, broker, tmp_path):
+    """Start gunicorn with the production config; yield (base URL, its output's path)."""
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "API_TOKEN": API_TOKEN,
+        "ZAPI_WEBHOOK_TOKENS": TOKEN,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "debug",
+        "PYTHONPATH": str(ROOT),
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                "app/gunicorn_conf.py",
+                "app:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: reachable(f"{base}/healthz"), timeout=30)
+            yield base, log_path
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def post(url: str, body: object) -> int:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_tokens_in_webhook_urls_never_reach_the_log(web, broker):
+    base, log_path = web
+    assert post(f"{base}/webhooks/zapi/{TOKEN}", load_fixture("zapi", "seed_sent")) == 200
+    assert post(f"{base}/webhooks/zapi/{TOKEN}x", load_fixture("zapi", "seed_sent")) == 401
+    assert post(f"{base}/webhooks/zapi/{TOKEN}", {"ids": "not a list"}) == 422
+    output = log_path.read_text()
+    assert "accepted provider=zapi events=1" in output  # the app's own line, at debug level
+    assert TOKEN not in output
+
+
+def test_concurrent_callbacks_under_the_production_server_are_all_enqueued(web, broker):
+    base, _ = web
+    bodies = [{**load_fixture("zapi", "seed_sent"), "ids": [f"GUNI{n:03d}"]} for n in range(64)]
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda b: post(f"{base}/webhooks/zapi/{TOKEN}", b), bodies))
+    assert statuses == [200] * 64
+    ids = sorted(e["message_id"] for _, events in queued(broker) for e in events)
+    assert ids == [f"GUNI{n:03d}" for n in range(64)]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("POST /webhooks/zapi/s3cr3t HTTP/1.1", "POST /webhooks/zapi/*** HTTP/1.1"),
+        ('"/webhooks/plug/abc?x=1"', '"/webhooks/plug/***?x=1"'),
+        ("POST /webhooks/greenapi", "POST /webhooks/greenapi"),  # header token: no path token
+    ],
+)
+def test_webhook_paths_are_redacted(line, expected):
+    assert redact_paths(line) == expected
