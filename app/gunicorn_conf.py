@@ -4,6 +4,8 @@ import os
 
 from gunicorn.glogging import Logger
 
+from workers.logs import formatter_config
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let concurrent callbacks share one broker message (app/queue.py, GroupPublisher):
@@ -33,13 +35,15 @@ class NoAccessLog(Logger):
 
 logger_class = NoAccessLog
 accesslog = None
-# The app logs through the root logger (one line per callback), to stderr like gunicorn;
-# gunicorn's own messages go to its handler only, not once more through the root. Both
-# handlers redact webhook tokens: gunicorn writes request paths at debug level and in errors.
+# The app logs through the root logger (one line per callback), to stdout like gunicorn, as
+# JSON (LOG_FORMAT=text for a terminal); gunicorn's own messages go to its handler only, not
+# once more through the root. Both handlers redact webhook tokens: gunicorn writes request
+# paths at debug level and in errors.
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"redact_tokens": {"()": "workers.redact.RedactTokens"}},
+    "formatters": {"ticks": formatter_config()},
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
     "loggers": {
         "gunicorn.error": {
@@ -52,8 +56,8 @@ logconfig_dict = {
     "handlers": {
         name: {
             "class": "logging.StreamHandler",
-            "formatter": "generic",
-            "stream": "ext://sys.stderr",
+            "formatter": "ticks",
+            "stream": "ext://sys.stdout",
             "filters": ["redact_tokens"],
         }
         for name in ("console", "error_console")

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
 from app.auth import header_token, token_matches
@@ -27,6 +27,15 @@ PARSERS = providers()
 ANSWER_INVALID_WITH_200 = frozenset({"greenapi"})
 
 
+@bp.after_request
+def tag_response(response: Response) -> Response:
+    """Give the caller the callback's request id: the worker's log lines carry it too."""
+    request_id = g.get("request_id")
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
 @bp.post("/webhooks/<provider>", defaults={"token": None})
 @bp.post("/webhooks/<provider>/<token>")
 def receive(provider: str, token: str | None) -> Response:
@@ -40,13 +49,19 @@ def receive(provider: str, token: str | None) -> Response:
         raise ApiError(401, "missing or invalid token")
     body, raw = read_json_body()
     received_at = datetime.now(UTC)
-    request_id = uuid.uuid4().hex
+    request_id = g.request_id = uuid.uuid4().hex
     try:
         parsed = PARSERS[provider](body, received_at=received_at, request_id=request_id)
     except ValidationError as err:
         return quarantine(provider, raw, normalize_errors(err.messages), received_at, request_id)
+    fields = {"provider": provider, "request_id": request_id}
     if parsed.ignored is not None:
-        log.info("ignored provider=%s type=%s", provider, parsed.ignored)
+        log.info(
+            "ignored provider=%s type=%s",
+            provider,
+            parsed.ignored,
+            extra={**fields, "outcome": "ignored", "type": parsed.ignored},
+        )
         return jsonify(accepted=0, ignored=parsed.ignored)
     try:
         enqueue_events(dump_events(parsed.events))
@@ -58,6 +73,12 @@ def receive(provider: str, token: str | None) -> Response:
         len(parsed.events),
         request_id,
         ",".join(e.message_id for e in parsed.events[:10]),
+        extra={
+            **fields,
+            "outcome": "accepted",
+            "events": len(parsed.events),
+            "message_ids": [e.message_id for e in parsed.events[:10]],
+        },
     )
     return jsonify(accepted=len(parsed.events))
 
@@ -99,6 +120,12 @@ def quarantine(
         provider,
         request_id,
         ",".join(sorted(errors)),
+        extra={
+            "provider": provider,
+            "request_id": request_id,
+            "outcome": "quarantined",
+            "fields": sorted(errors),
+        },
     )
     if provider in ANSWER_INVALID_WITH_200:
         return jsonify(accepted=0, quarantined=True, errors=errors)

@@ -74,14 +74,18 @@ def reachable(url: str) -> bool:
 
 
 def post(url: str, body: object) -> int:
+    return post_with_headers(url, body)[0]
+
+
+def post_with_headers(url: str, body: object) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(
         url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status
+            return response.status, dict(response.headers)
     except urllib.error.HTTPError as error:
-        return error.code
+        return error.code, dict(error.headers)
 
 
 def test_tokens_in_webhook_urls_never_reach_the_log(web, broker):
@@ -92,6 +96,22 @@ def test_tokens_in_webhook_urls_never_reach_the_log(web, broker):
     output = log_path.read_text()
     assert "accepted provider=zapi events=1" in output  # the app's own line, at debug level
     assert TOKEN not in output
+
+
+def test_the_log_is_json_lines_with_one_line_per_callback(web, broker):
+    base, log_path = web
+    status, headers = post_with_headers(
+        f"{base}/webhooks/zapi/{TOKEN}", load_fixture("zapi", "seed_sent")
+    )
+    assert status == 200
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    [accepted] = [r for r in records if r.get("outcome") == "accepted"]
+    assert accepted["request_id"] == headers["X-Request-Id"]
+    assert accepted["provider"] == "zapi"
+    assert accepted["events"] == 1
+    assert accepted["message_ids"] == ["999999999999999999999"]
+    assert accepted["level"] == "INFO" and accepted["logger"] == "app.webhooks"
+    assert any(r["logger"] == "gunicorn.error" for r in records)  # gunicorn's own, as JSON
 
 
 def test_concurrent_callbacks_under_the_production_server_are_all_enqueued(web, broker):

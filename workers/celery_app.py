@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+
+from workers import logs
 
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
@@ -53,6 +55,12 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         worker_send_task_events=True,
     )
     return app
+
+
+@signals.setup_logging.connect
+def setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
+    """Workers log like the web: JSON lines on stdout, each with its task's id and name."""
+    logs.configure(loglevel or "INFO", task_fields=True)
 
 
 app = make_celery(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))

@@ -230,13 +230,21 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     with get_pool().connection() as conn:
         outcomes = store.apply_events(conn, events)
     counts = {outcome.value: count for outcome, count in outcomes.items()}
+    message_ids = sorted({e.message_id for e in events})
+    request_ids = sorted({e.request_id for e in events if e.request_id})
     log.info(
         "applied task_id=%s events=%d %s message_ids=%s request_ids=%s",
         apply_events.request.id,
         len(events),
         " ".join(f"{name}={count}" for name, count in sorted(counts.items())),
-        ",".join(sorted({e.message_id for e in events})[:20]),
-        ",".join(sorted({e.request_id for e in events if e.request_id})[:20]),
+        ",".join(message_ids[:20]),
+        ",".join(request_ids[:20]),
+        extra={
+            "events": len(events),
+            "outcomes": counts,
+            "message_ids": message_ids[:100],
+            "request_ids": request_ids[:100],
+        },
     )
     if log.isEnabledFor(logging.DEBUG):
         for event in events:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -67,8 +68,11 @@ def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
             "seed_read_self",
         )
     ]
+    request_ids = []
     for body in bodies:
-        assert post(client, "zapi", body).status_code == 200
+        response = post(client, "zapi", body)
+        assert response.status_code == 200
+        request_ids.append(response.headers["X-Request-Id"])
     message = wait_for(
         lambda: (
             (m := read_message(client, "zapi", "999999999999999999999"))
@@ -83,8 +87,17 @@ def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
     broker = client.application.extensions["ticks.celery"].connection_for_write()
     wait_for(lambda: broker.default_channel.client.zcard("ticks:inflight") == 0)
     logged = worker.output()
-    assert "message_ids=999999999999999999999" in logged  # one line per applied batch
     assert "5544999999999" not in logged  # the phone number never
+    # One JSON line per applied batch, carrying the request ids the endpoint answered with.
+    applied = [
+        record
+        for line in logged.splitlines()
+        if line.startswith("{")
+        and (record := json.loads(line)).get("message", "").startswith("applied")
+    ]
+    assert applied and all(r["task_name"] == "ticks.apply_events" and r["task_id"] for r in applied)
+    assert sorted(rid for r in applied for rid in r["request_ids"]) == sorted(request_ids)
+    assert {mid for r in applied for mid in r["message_ids"]} == {"999999999999999999999"}
 
 
 def test_quarantined_body_lands_in_postgres(client, db, start_worker):
