@@ -22,7 +22,7 @@ EVENT = {
 def quiet(monkeypatch, db):
     """No broker for delivery counts, no real sleeping; record every wait."""
     waits: list[float] = []
-    monkeypatch.setattr(tasks.GuardedTask, "count_delivery", lambda self, key: 1)
+    monkeypatch.setattr(tasks.GuardedTask, "deliveries", lambda self, key: 1)
     monkeypatch.setattr(tasks.GuardedTask, "forget_delivery", lambda self, key, finished: None)
     monkeypatch.setattr(tasks.SHUTTING_DOWN, "wait", lambda seconds: waits.append(seconds))
     monkeypatch.setattr(tasks, "POISON_RETRY_SECONDS", 0)
@@ -81,7 +81,7 @@ def test_other_errors_are_retried_then_dead_lettered(monkeypatch, quiet, db):
 
 def test_a_message_delivered_too_often_is_dead_lettered_without_running(monkeypatch, quiet, db):
     calls = failing_then_working(monkeypatch, 0, ValueError("unused"))
-    monkeypatch.setattr(tasks.GuardedTask, "count_delivery", lambda self, key: MAX_DELIVERIES + 1)
+    monkeypatch.setattr(tasks.GuardedTask, "deliveries", lambda self, key: MAX_DELIVERIES + 1)
     apply_events.apply(args=[[EVENT]], task_id="killer-task")
     assert calls == []
     error = db.execute("SELECT error FROM dead_letters WHERE task_id = 'killer-task'").fetchone()
@@ -118,3 +118,25 @@ def test_one_log_line_per_batch_and_phones_masked_in_the_detail(quiet, db, caplo
     assert "request_ids=req0,req1,req2" in summary
     assert "5511987654321" not in caplog.text
     assert caplog.text.count("phone=*********4321") == 3
+
+
+@pytest.mark.parametrize(
+    ("delivery_info", "counted", "expected"),
+    [(None, None, 1), ({"redelivered": False}, None, 1), ({"redelivered": True}, 2, 3)],
+)
+def test_only_redelivered_messages_are_counted_in_redis(
+    monkeypatch, delivery_info, counted, expected
+):
+    asked = []
+
+    def count(self, key):
+        asked.append(key)
+        return counted
+
+    monkeypatch.setattr(tasks.GuardedTask, "count_delivery", count)
+    apply_events.push_request(id="t-1", delivery_info=delivery_info)
+    try:
+        assert apply_events.deliveries("ticks:deliveries:t-1") == expected
+    finally:
+        apply_events.pop_request()
+    assert asked == ([] if counted is None else ["ticks:deliveries:t-1"])
