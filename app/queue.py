@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "ticks.celery"
 # A dead or unreachable broker must be answered 503 within 2 s, so every wait is short:
-# connect and socket timeouts of 0.5 s, and one retry of the publish.
+# connect and socket timeouts of 0.5 s (redis-py itself retries a dropped connection once
+# it is back; a MULTI repeated that way at worst queues a message twice, applied once).
 PUBLISH_SOCKET_TIMEOUT = 0.5
 PERSISTENT = 2  # kombu's delivery_mode for persistent messages, as send_task sets it
 BROKER_ERRORS = (
@@ -36,7 +37,7 @@ BROKER_ERRORS = (
 )
 
 
-# Every request waits at most this long for its events to be published (issue: 503 in 2 s).
+# A request waits at most this long to start publishing (a dead broker: 503 within 2 s).
 PUBLISH_DEADLINE = 1.5
 MAX_BATCH_EVENTS = 500
 BATCHER = "ticks.batcher"
