@@ -109,6 +109,26 @@ def test_broker_down_answers_503_fast_then_resumes_without_restarts(
     assert count(db, "SELECT count(*) FROM messages WHERE message_id LIKE 'BR-down-%'") == 0
 
 
+def test_frozen_broker_answers_503_within_2s_then_resumes(client, own_redis):
+    """A broker that accepts connections but never answers (SIGSTOP: a hung host, a full
+    disk under AOF `always`) must not hold requests longer than a dead one."""
+    assert client.post(ZAPI_URL, json=zapi("SENT", "FZ-before")).status_code == 200
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        for n in range(5):
+            started = time.monotonic()
+            response = client.post(ZAPI_URL, json=zapi("SENT", f"FZ-frozen-{n}"))
+            assert response.status_code == 503, response.json
+            assert time.monotonic() - started < 2
+        started = time.monotonic()
+        assert client.get("/readyz").status_code == 503
+        assert time.monotonic() - started < 2
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    wait_for(lambda: client.post(ZAPI_URL, json=zapi("READ", "FZ-after")).status_code == 200)
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["restart", "crash"])
 def test_broker_restart_keeps_its_backlog(client, db, own_redis, start_worker, how):
     for n in range(500):
