@@ -9,6 +9,7 @@ from flask import Flask
 
 from app.config import check_config, load_config
 from app.errors import register_error_handlers
+from app.metrics import init_metrics
 from app.queue import init_queue
 
 
@@ -25,6 +26,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.url_map.merge_slashes = False
     init_queue(app)
     register_error_handlers(app)
+    init_metrics(app)
 
     from app import health, messages, webhooks
 

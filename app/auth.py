@@ -5,6 +5,10 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
+from flask import current_app, request
+
+from app.errors import ApiError
+
 
 def header_token(authorization: str | None) -> str | None:
     """Return the token of an ``Authorization`` header: ``<scheme> <token>`` or a bare token."""
@@ -23,3 +27,10 @@ def token_matches(given: str | None, accepted: Iterable[str]) -> bool:
     for token in accepted:
         found |= hmac.compare_digest(candidate, token.encode())
     return found and bool(candidate)
+
+
+def require_api_token() -> None:
+    """Refuse the request unless it carries ``Authorization: Bearer <API_TOKEN>``."""
+    given = header_token(request.headers.get("Authorization"))
+    if not token_matches(given, [current_app.config["API_TOKEN"]]):
+        raise ApiError(401, "missing or invalid API token", {"WWW-Authenticate": "Bearer"})

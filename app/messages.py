@@ -6,23 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 from psycopg_pool import PoolTimeout
 
-from app.auth import header_token, token_matches
+from app.auth import require_api_token
 from app.errors import ApiError
 from schemas.events import MAX_ID_LENGTH
 from workers import store
 from workers.db import get_pool
 
 bp = Blueprint("messages", __name__)
-
-
-def require_api_token() -> None:
-    """Refuse the request unless it carries ``Authorization: Bearer <API_TOKEN>``."""
-    given = header_token(request.headers.get("Authorization"))
-    if not token_matches(given, [current_app.config["API_TOKEN"]]):
-        raise ApiError(401, "missing or invalid API token", {"WWW-Authenticate": "Bearer"})
 
 
 def to_json(value: Any) -> Any:

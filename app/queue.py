@@ -18,6 +18,7 @@ from flask import Flask, current_app
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
 
+from app.metrics import BATCH_CALLBACKS, ENQUEUE_SECONDS
 from workers import ledger
 from workers.celery_app import APPLY_EVENTS, QUEUE, make_celery
 
@@ -78,6 +79,11 @@ class GroupPublisher:
 
     def submit(self, events: list[dict[str, Any]], deadline: float = PUBLISH_DEADLINE) -> None:
         """Return once the events are on the broker; raise QueueUnavailable otherwise."""
+        with ENQUEUE_SECONDS.time():
+            self.wait_for_publish(events, deadline)
+
+    def wait_for_publish(self, events: list[dict[str, Any]], deadline: float) -> None:
+        """Queue the events and see them published, by this thread or another."""
         pending = Pending(events)
         give_up_at = time.monotonic() + deadline
         with self.waiting_lock:
@@ -109,6 +115,7 @@ class GroupPublisher:
             ):
                 batch.append(self.waiting.popleft())
                 count += len(batch[-1].events)
+        BATCH_CALLBACKS.observe(len(batch))
         try:
             self.publish([event for item in batch for event in item.events], len(batch))
         except Exception as exc:  # whatever it was, these events are not known to be enqueued

@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 from app.auth import header_token, token_matches
 from app.errors import ApiError
+from app.metrics import note_outcome
 from app.queue import QueueUnavailable, enqueue, enqueue_events
 from schemas import providers
 from schemas.events import dump_events
@@ -62,11 +63,13 @@ def receive(provider: str, token: str | None) -> Response:
             parsed.ignored,
             extra={**fields, "outcome": "ignored", "type": parsed.ignored},
         )
+        note_outcome("ignored")
         return jsonify(accepted=0, ignored=parsed.ignored)
     try:
         enqueue_events(dump_events(parsed.events))
     except QueueUnavailable:
         raise unavailable() from None
+    note_outcome("accepted", len(parsed.events))
     log.info(
         "accepted provider=%s events=%d request_id=%s message_ids=%s",
         provider,
@@ -115,6 +118,7 @@ def quarantine(
         "received_at": received_at.isoformat(),
     }
     publish(QUARANTINE, record, request_id, f"[{provider} quarantine]")
+    note_outcome("quarantined")
     log.warning(
         "invalid provider=%s request_id=%s fields=%s",
         provider,

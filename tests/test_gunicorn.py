@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -134,3 +135,21 @@ def test_concurrent_callbacks_under_the_production_server_are_all_enqueued(web, 
 )
 def test_webhook_paths_are_redacted(line, expected):
     assert redact_paths(line) == expected
+
+
+def test_metrics_add_up_every_worker_process(web, broker):
+    base, _ = web
+    for n in range(20):
+        body = {**load_fixture("zapi", "seed_sent"), "ids": [f"MET{n:02d}"]}
+        assert post(f"{base}/webhooks/zapi/{TOKEN}", body) == 200
+    pattern = re.compile(
+        r'^ticks_callbacks_total\{outcome="accepted",provider="zapi",reason=""\} (\S+)$', re.M
+    )
+    for _ in range(6):  # whichever process answers the scrape, it counts them all
+        request = urllib.request.Request(
+            f"{base}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            text = response.read().decode()
+        assert float(pattern.search(text).group(1)) == 20
+        assert TOKEN not in text

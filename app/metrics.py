@@ -1,0 +1,113 @@
+"""Prometheus metrics of the web process, at GET /metrics (behind API_TOKEN).
+
+Under gunicorn every worker process writes its samples to PROMETHEUS_MULTIPROC_DIR (set by
+app/gunicorn_conf.py before the app is imported) and /metrics adds them all up, whichever
+process answers. Without that variable (tests, `flask run`) the process's own registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from app.auth import require_api_token
+
+bp = Blueprint("metrics", __name__)
+
+CALLBACKS = Counter(
+    "ticks_callbacks",
+    "Webhook callbacks received, by provider and outcome (reason: why a rejection)",
+    ["provider", "outcome", "reason"],
+)
+EVENTS_ENQUEUED = Counter(
+    "ticks_events_enqueued", "Status events enqueued for the workers", ["provider"]
+)
+REQUEST_SECONDS = Histogram(
+    "ticks_http_request_duration_seconds",
+    "Time to answer a request, by route pattern (never the path: it may hold a token)",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+ENQUEUE_SECONDS = Histogram(
+    "ticks_enqueue_duration_seconds",
+    "Time from handing a callback's events to the publisher to their being on the queue",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+)
+BATCH_CALLBACKS = Histogram(
+    "ticks_publish_batch_callbacks",
+    "Callbacks per task message (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+# What a webhook error answer says about the callback, by status code.
+REJECTIONS = {
+    400: ("rejected", "invalid_json"),
+    401: ("unauthorized", ""),
+    404: ("rejected", "unknown_provider"),
+    405: ("rejected", "method_not_allowed"),
+    413: ("rejected", "too_large"),
+    415: ("rejected", "unsupported_media_type"),
+    503: ("broker_unavailable", ""),
+}
+KNOWN_PROVIDERS = ("zapi", "greenapi", "plug")
+
+
+def note_outcome(outcome: str, events: int = 0) -> None:
+    """Record what the endpoint did with this request's callback (accepted, ignored, ...)."""
+    g.callback_outcome = outcome
+    g.callback_events = events
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Expose every metric in Prometheus' text format."""
+    require_api_token()
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def observe(response: Response) -> Response:
+    """Count the callback (webhook requests) and time the request (every request)."""
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    started = g.get("metrics_started")
+    if started is not None:
+        REQUEST_SECONDS.labels(request.method, route, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+    if request.path.startswith("/webhooks/"):
+        segment = request.path.split("/")[2] if request.path.count("/") >= 2 else ""
+        provider = segment if segment in KNOWN_PROVIDERS else "unknown"
+        outcome = g.get("callback_outcome")
+        if outcome is not None:
+            CALLBACKS.labels(provider, outcome, "").inc()
+            if outcome == "accepted":
+                EVENTS_ENQUEUED.labels(provider).inc(g.get("callback_events", 0))
+        else:
+            outcome, reason = REJECTIONS.get(response.status_code, ("rejected", "other"))
+            CALLBACKS.labels(provider, outcome, reason).inc()
+    return response
+
+
+def init_metrics(app: Flask) -> None:
+    """Time every request, count every callback, and serve /metrics."""
+    app.before_request(start_timer)
+    app.after_request(observe)
+    app.register_blueprint(bp)
