@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
-from flask import Blueprint, Flask, Response, g, request
+from celery import Celery
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -20,8 +22,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from app.auth import require_api_token
+from workers import ledger
+from workers.celery_app import QUEUE
 
 bp = Blueprint("metrics", __name__)
 
@@ -69,15 +74,68 @@ def note_outcome(outcome: str, events: int = 0) -> None:
     g.callback_events = events
 
 
+class QueueCollector:
+    """The queue as the broker sees it at scrape time: is Ticks keeping up?"""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from app.queue import BROKER_ERRORS, PUBLISH_SOCKET_TIMEOUT  # app.queue imports this
+
+        up = GaugeMetricFamily("ticks_broker_up", "1 when the broker answered this scrape")
+        try:
+            with self.celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
+                client = conn.default_channel.client
+                depth, oldest, unacked, inflight = (
+                    client.pipeline(transaction=False)
+                    .llen(QUEUE)
+                    .lindex(QUEUE, -1)
+                    .hlen(ledger.KOMBU_UNACKED)
+                    .zcard(ledger.INFLIGHT)
+                    .execute()
+                )
+                oldest_id = ledger.task_id_of(oldest) if oldest is not None else None
+                published = client.zscore(ledger.INFLIGHT, oldest_id) if oldest_id else None
+        except BROKER_ERRORS:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily(
+            "ticks_queue_messages", "Task messages waiting on the queue", value=depth
+        )
+        yield GaugeMetricFamily(
+            "ticks_queue_oldest_age_seconds",
+            "Age of the oldest task message waiting (0 when none): growing means falling behind",
+            value=max(0.0, time.time() - published) if published else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "ticks_unacked_messages",
+            "Task messages taken by workers, not yet finished",
+            value=unacked,
+        )
+        yield GaugeMetricFamily(
+            "ticks_inflight_messages",
+            "Task messages published and not yet finished (the in-flight ledger)",
+            value=inflight,
+        )
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Expose every metric in Prometheus' text format."""
     require_api_token()
-    registry = REGISTRY
+    registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    queue = CollectorRegistry()
+    queue.register(QueueCollector(current_app.extensions["ticks.celery"]))
+    return Response(
+        generate_latest(registry) + generate_latest(queue), mimetype=CONTENT_TYPE_LATEST
+    )
 
 
 def start_timer() -> None:

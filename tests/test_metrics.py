@@ -94,3 +94,38 @@ def test_latency_is_labelled_by_route_never_by_path(client):
     assert "zapi-secret-one" not in text
     assert "ticks_enqueue_duration_seconds_count" in text
     assert "ticks_publish_batch_callbacks_count" in text
+
+
+def gauge(text: str, name: str) -> float:
+    [value] = [line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
+def test_queue_depth_and_the_age_of_the_oldest_waiting_message(client, broker):
+    text = client.get("/metrics", headers=AUTH).text
+    assert gauge(text, "ticks_broker_up") == 1
+    assert gauge(text, "ticks_queue_messages") == 0
+    assert gauge(text, "ticks_queue_oldest_age_seconds") == 0
+    for n in range(3):  # no worker: they wait
+        body = {**load_fixture("zapi", "seed_sent"), "ids": [f"Q{n}"]}
+        assert client.post(ZAPI_URL, json=body).status_code == 200
+    [oldest] = broker.zrange("ticks:inflight", 0, 0)
+    broker.zadd("ticks:inflight", {oldest: broker.zscore("ticks:inflight", oldest) - 90})
+    text = client.get("/metrics", headers=AUTH).text
+    assert gauge(text, "ticks_queue_messages") == 3
+    assert gauge(text, "ticks_inflight_messages") == 3
+    assert gauge(text, "ticks_unacked_messages") == 0
+    assert 90 <= gauge(text, "ticks_queue_oldest_age_seconds") < 100
+
+
+def test_a_dead_broker_does_not_break_the_scrape(database_url):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_app(database_url, f"redis://127.0.0.1:{port}/0").test_client()
+    response = client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200
+    assert gauge(response.text, "ticks_broker_up") == 0
+    assert "ticks_callbacks_total" in response.text
