@@ -243,6 +243,7 @@ def start_worker(
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "PYTHONPATH": str(ROOT),
+            "WORKER_METRICS_PORT": "0",  # tests that read worker metrics choose a free port
             **(env or {}),
         }
         worker = Worker(name, tmp_path / f"{name}-{len(workers)}.log", full_env, **options)

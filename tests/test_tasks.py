@@ -33,11 +33,11 @@ def failing_then_working(monkeypatch, failures: int, error: Exception) -> list[i
     calls = []
     real = store.apply_events
 
-    def flaky(conn, events):
+    def flaky(conn, events, refused=None):
         calls.append(1)
         if len(calls) <= failures:
             raise error
-        return real(conn, events)
+        return real(conn, events, refused)
 
     monkeypatch.setattr(store, "apply_events", flaky)
     return calls
@@ -140,3 +140,49 @@ def test_only_redelivered_messages_are_counted_in_redis(
     finally:
         apply_events.pop_request()
     assert asked == ([] if counted is None else ["ticks:deliveries:t-1"])
+
+
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_applied_batches_are_counted_in_the_worker_metrics(quiet, db):
+    sent = {**EVENT, "message_id": "M-1", "status": "sent", "raw_status": "SENT"}
+    read = {**EVENT, "message_id": "M-1"}
+    failed = {**EVENT, "message_id": "M-1", "status": "failed", "raw_status": "failed"}
+    before = {
+        "applied": sample("ticks_events_applied_total", outcome="applied"),
+        "duplicate": sample("ticks_events_applied_total", outcome="duplicate"),
+        "refused": sample("ticks_events_applied_total", outcome="refused"),
+        "pair": sample("ticks_transitions_refused_total", from_status="read", to_status="failed"),
+        "failed": sample("ticks_failed_events_total", provider="zapi"),
+        "batches": sample("ticks_apply_batch_events_count"),
+        "events": sample("ticks_apply_batch_events_sum"),
+    }
+    apply_events.apply(args=[[sent, read]])
+    apply_events.apply(args=[[read, failed]])  # read: a duplicate; failed after read: refused
+    assert sample("ticks_events_applied_total", outcome="applied") == before["applied"] + 2
+    assert sample("ticks_events_applied_total", outcome="duplicate") == before["duplicate"] + 1
+    assert sample("ticks_events_applied_total", outcome="refused") == before["refused"] + 1
+    assert (
+        sample("ticks_transitions_refused_total", from_status="read", to_status="failed")
+        == before["pair"] + 1
+    )
+    assert sample("ticks_failed_events_total", provider="zapi") == before["failed"] + 1
+    assert sample("ticks_apply_batch_events_count") == before["batches"] + 2
+    assert sample("ticks_apply_batch_events_sum") == before["events"] + 4
+
+
+def test_retries_and_dead_letters_are_counted(monkeypatch, quiet, db):
+    outage = sample("ticks_task_retries_total", reason="database_unavailable")
+    errors = sample("ticks_task_retries_total", reason="error")
+    letters = sample("ticks_dead_letters_total")
+    failing_then_working(monkeypatch, 2, psycopg.OperationalError("down"))
+    apply_events.apply(args=[[EVENT]])
+    assert sample("ticks_task_retries_total", reason="database_unavailable") == outage + 2
+    failing_then_working(monkeypatch, 100, ValueError("bad data"))
+    apply_events.apply(args=[[{**EVENT, "message_id": "T-9"}]])
+    assert sample("ticks_task_retries_total", reason="error") == errors + POISON_RETRIES
+    assert sample("ticks_dead_letters_total") == letters + 1

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from workers import logs
+from workers import logs, metrics
 
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
@@ -55,6 +55,28 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         worker_send_task_events=True,
     )
     return app
+
+
+@signals.celeryd_init.connect
+def worker_metrics_dir(**kwargs: Any) -> None:
+    """Before the pool starts and before any metric exists (workers/metrics.py)."""
+    metrics.use_multiprocess_dir()
+
+
+@signals.worker_ready.connect
+def serve_worker_metrics(**kwargs: Any) -> None:
+    """The main process serves the pool's metrics."""
+    metrics.serve()
+
+
+@signals.worker_process_shutdown.connect
+def forget_pool_process(pid: int | None = None, **kwargs: Any) -> None:
+    metrics.forget_process(pid or os.getpid())
+
+
+@signals.worker_shutdown.connect
+def remove_metrics_dir(**kwargs: Any) -> None:
+    metrics.remove_own_dir()
 
 
 @signals.setup_logging.connect

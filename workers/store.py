@@ -72,7 +72,7 @@ WITH old AS (
     FROM ev
     WHERE m.provider = %(provider)s AND m.message_id = %(message_id)s
 )
-SELECT applied FROM ev
+SELECT ev.applied, old.status FROM ev, old
 """
 
 NEXT_STATUS = "SELECT ticks_next_status(%s, %s)"
@@ -137,12 +137,17 @@ def merged_identity(events: list[StatusEvent]) -> dict[str, Any]:
     return identity
 
 
-def apply_events(conn: psycopg.Connection, events: list[StatusEvent]) -> Counter[Outcome]:
+def apply_events(
+    conn: psycopg.Connection,
+    events: list[StatusEvent],
+    refused: Counter[tuple[str | None, str]] | None = None,
+) -> Counter[Outcome]:
     """Apply events in the caller's transaction; return how many had each outcome.
 
     Every message is locked first, in sorted order (so concurrent batches never deadlock),
     then the events are applied in that order. Both go to the server as pipelines
     (executemany), a few round trips for the whole batch rather than one or two per event.
+    ``refused``, when given, counts the (message status, event status) pairs the rules refused.
     """
     outcomes: Counter[Outcome] = Counter()
     ordered = sorted(events, key=event_order)
@@ -155,14 +160,17 @@ def apply_events(conn: psycopg.Connection, events: list[StatusEvent]) -> Counter
     with conn.cursor() as cur:
         cur.executemany(LOCK_MESSAGE, [merged_identity(group) for group in groups])
         cur.executemany(APPLY_EVENT, [event_params(e) for e in ordered], returning=True)
-        while True:
+        for event in ordered:
             row = cur.fetchone()
             if row is None:
                 outcomes[Outcome.DUPLICATE] += 1
+            elif row[0]:
+                outcomes[Outcome.APPLIED] += 1
             else:
-                outcomes[Outcome.APPLIED if row[0] else Outcome.REFUSED] += 1
-            if not cur.nextset():
-                break
+                outcomes[Outcome.REFUSED] += 1
+                if refused is not None:
+                    refused[(row[1], event.status)] += 1
+            cur.nextset()
     return outcomes
 
 

@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from typing import Any, ClassVar
 
 import kombu.exceptions
@@ -17,7 +18,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 from psycopg_pool import PoolTimeout
 
-from schemas.events import load_events
+from schemas.events import StatusEvent, load_events
 from workers import ledger, store
 from workers.celery_app import (
     APPLY_EVENTS,
@@ -30,7 +31,9 @@ from workers.celery_app import (
     app,
 )
 from workers.db import close_pool, get_pool
+from workers.metrics import metrics
 from workers.redact import mask_phone
+from workers.store import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,10 @@ SHUTTING_DOWN = threading.Event()
 
 @worker_process_init.connect
 def open_pool(**kwargs: Any) -> None:
-    """Open the pool in each worker process, after the fork."""
+    """Open the pool in each worker process, after the fork; create its metrics too, so the
+    first task does not pay for them."""
     get_pool()
+    metrics()
 
 
 @worker_process_shutdown.connect
@@ -119,6 +124,7 @@ class GuardedTask(Task):
                 return super().__call__(*args, **kwargs)
             except TRANSIENT_ERRORS as exc:
                 self.wait_out(exc, outage_attempts, held_since)
+                metrics().retries.labels("database_unavailable").inc()
                 outage_attempts += 1
             except Exception as exc:
                 failures += 1
@@ -131,6 +137,7 @@ class GuardedTask(Task):
                     failures,
                     POISON_RETRIES,
                 )
+                metrics().retries.labels("error").inc()
                 time.sleep(POISON_RETRY_SECONDS * failures)
 
     def wait_out(self, exc: Exception, attempt: int, held_since: float) -> None:
@@ -205,6 +212,7 @@ class GuardedTask(Task):
                 break
             except TRANSIENT_ERRORS as exc:
                 self.wait_out(exc, attempt, held_since)
+        metrics().dead_letters.inc()
         log.error("dead-lettered task=%s task_id=%s: %s", self.name, self.request.id, error)
         return False
 
@@ -234,13 +242,35 @@ class LedgerSweeper(bootsteps.StartStopStep):
 app.steps["worker"].add(LedgerSweeper)
 
 
+def count_applied(
+    events: list[StatusEvent],
+    outcomes: Counter[Outcome],
+    refused: Counter[tuple[str | None, str]],
+    seconds: float,
+) -> None:
+    """Record one applied batch in the worker's metrics."""
+    measures = metrics()
+    for outcome, count in outcomes.items():
+        measures.events.labels(outcome.value).inc(count)
+    for (current, incoming), count in refused.items():
+        measures.refused.labels(current or "none", incoming).inc(count)
+    for event in events:
+        if event.status == "failed":
+            measures.failed.labels(event.provider).inc()
+    measures.batch_events.observe(len(events))
+    measures.apply_seconds.observe(seconds)
+
+
 @app.task(name=APPLY_EVENTS, base=GuardedTask)
 def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     """Apply the events of one or more callbacks in one transaction."""
     events = load_events(payload)
+    refused: Counter[tuple[str | None, str]] = Counter()
+    started = time.perf_counter()
     with get_pool().connection() as conn:
-        outcomes = store.apply_events(conn, events)
+        outcomes = store.apply_events(conn, events, refused)
     counts = {outcome.value: count for outcome, count in outcomes.items()}
+    count_applied(events, outcomes, refused, time.perf_counter() - started)
     message_ids = sorted({e.message_id for e in events})
     request_ids = sorted({e.request_id for e in events if e.request_id})
     log.info(

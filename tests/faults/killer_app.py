@@ -15,10 +15,10 @@ __all__ = ["app"]
 real_apply_events = store.apply_events
 
 
-def apply_or_die(conn, events):
+def apply_or_die(conn, events, refused=None):
     if any(event.message_id.startswith("KILL") for event in events):
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_apply_events(conn, events)
+    return real_apply_events(conn, events, refused)
 
 
 store.apply_events = apply_or_die

@@ -123,10 +123,18 @@ def test_start_serve_stop_restart(tmp_path):
         assert message["status"] == "sent"
 
         flower = re.search(r"flower:\s+(\S+)", printed).group(1)
-        tasks = wait_for(lambda: http("GET", f"{flower}/api/tasks")[1] or None, timeout=15)
-        assert any(
-            t["name"] == "ticks.apply_events" and t["state"] == "SUCCESS" for t in tasks.values()
+        # The row is committed a moment before the worker reports the task done.
+        wait_for(
+            lambda: any(
+                t["name"] == "ticks.apply_events" and t["state"] == "SUCCESS"
+                for t in (http("GET", f"{flower}/api/tasks")[1] or {}).values()
+            ),
+            timeout=15,
         )
+        # Flower's own Prometheus metrics count the task too.
+        with urllib.request.urlopen(f"{flower}/metrics", timeout=5) as response:
+            flower_metrics = response.read().decode()
+        assert re.search(r'flower_events_total\{[^}]*task="ticks.apply_events"', flower_metrics)
     finally:
         children = server.descendants()
         took = server.stop()

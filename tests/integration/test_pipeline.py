@@ -168,3 +168,29 @@ def test_failed_then_sent_through_workers_stays_failed(client, start_worker):
     )
     assert message["status"] == next_status(next_status(None, "failed"), "sent") == "failed"
     assert message["failure_reason"] == "noAccount"
+
+
+def test_worker_metrics_add_up_every_pool_process(client, start_worker):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start_worker(pool="prefork", concurrency=2, env={"WORKER_METRICS_PORT": str(port)})
+    for n in range(12):
+        body = {**load_fixture("zapi", "seed_sent"), "ids": [f"WM{n:02d}"]}
+        assert post(client, "zapi", body).status_code == 200
+    wait_for(lambda: read_message(client, "zapi", "WM11"))
+
+    def applied() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        values = [
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith('ticks_events_applied_total{outcome="applied"}')
+        ]
+        return sum(values)  # no line until a pool process has counted its first batch
+
+    wait_for(lambda: applied() == 12)

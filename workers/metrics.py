@@ -1,0 +1,129 @@
+"""Prometheus metrics of the workers, on a port of their own (WORKER_METRICS_PORT).
+
+A prefork worker is a main process and its pool; every one of them writes its samples to
+PROMETHEUS_MULTIPROC_DIR and the main process serves their sum. prometheus_client chooses
+between one process and many when it is first imported, so metrics are created lazily: the
+worker's main process sets the directory first (celeryd_init), before any metric exists.
+The queue's depth and the age of its oldest message are on the web's /metrics (read from
+Redis, the same for every worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from functools import cache
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9808
+OWN_DIR_FLAG = "TICKS_OWN_METRICS_DIR"
+
+
+class WorkerMetrics:
+    """The worker's counters and histograms."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.events = Counter(
+            "ticks_events_applied",
+            "Events the workers processed, by outcome: applied, duplicate (seen before), "
+            "refused (the rules kept the status)",
+            ["outcome"],
+        )
+        self.refused = Counter(
+            "ticks_transitions_refused",
+            "Events the rules refused, by the message's status and the event's",
+            ["from_status", "to_status"],
+        )
+        self.failed = Counter(
+            "ticks_failed_events", "failed events received from providers", ["provider"]
+        )
+        self.retries = Counter(
+            "ticks_task_retries",
+            "Task attempts repeated: database_unavailable (waited out) or error (poison)",
+            ["reason"],
+        )
+        self.dead_letters = Counter("ticks_dead_letters", "Task messages put in dead_letters")
+        self.batch_events = Histogram(
+            "ticks_apply_batch_events",
+            "Events applied per transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.apply_seconds = Histogram(
+            "ticks_apply_duration_seconds",
+            "Time to apply one batch of events in the database",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+
+@cache
+def metrics() -> WorkerMetrics:
+    """Return this process's metrics, created on first use."""
+    return WorkerMetrics()
+
+
+def use_multiprocess_dir() -> None:
+    """In the worker's main process, before any metric: give the pool a shared directory.
+
+    WORKER_METRICS_DIR, or a fresh temporary one; never the web's PROMETHEUS_MULTIPROC_DIR,
+    which the environment may carry: each would count the other's samples.
+    """
+    directory = os.environ.get("WORKER_METRICS_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="ticks-worker-metrics-")
+        os.environ[OWN_DIR_FLAG] = "1"
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    # prometheus_client picks its value store when first imported, and the `celery` command
+    # has imported it already (through Flower's CLI plugin): pick again, now that the
+    # directory is set. No metric exists yet; they are created on first use.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+    for stale in os.scandir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+        if stale.name.endswith(".db"):
+            os.unlink(stale.path)
+
+
+def serve() -> Any:
+    """Serve the sum of every pool process's metrics on WORKER_METRICS_PORT (0: not at all)."""
+    port = int(os.environ.get("WORKER_METRICS_PORT", DEFAULT_PORT))
+    if not port:
+        return None
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    address = os.environ.get("WORKER_METRICS_ADDRESS", "127.0.0.1")
+    try:
+        server, _thread = start_http_server(port, address, registry)
+    except OSError as exc:  # another worker on this host has the port: it serves them too
+        log.warning("worker metrics not served on %s:%d: %s", address, port, exc)
+        return None
+    log.info(
+        "worker metrics on http://%s:%d/metrics (samples in %s)",
+        address,
+        port,
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+    )
+    return server
+
+
+def forget_process(pid: int) -> None:
+    """Drop the live gauges of a pool process that exited."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def remove_own_dir() -> None:
+    """Remove the directory the worker made for itself."""
+    if os.environ.get(OWN_DIR_FLAG):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
