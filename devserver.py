@@ -27,6 +27,7 @@ from embedded import EmbeddedPostgres, EmbeddedRedis
 ROOT = Path(__file__).resolve().parent
 VAR = Path(os.environ.get("TICKS_VAR_DIR", ROOT / "var")).resolve()
 SECRETS = VAR / "secrets.env"
+RUN_ENV = VAR / "run.env"  # the running service's server URLs, while it runs
 TOKEN_VARS = ("ZAPI_WEBHOOK_TOKENS", "GREENAPI_WEBHOOK_TOKENS", "PLUG_WEBHOOK_TOKENS")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -143,6 +144,11 @@ def main() -> int:
 
         applied = migrate(os.environ["DATABASE_URL"])
         log(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        # For commands run beside the service (flask quarantine ..., see the README).
+        RUN_ENV.write_text(
+            f"DATABASE_URL={os.environ['DATABASE_URL']}\nREDIS_URL={os.environ['REDIS_URL']}\n"
+        )
+        stack.callback(RUN_ENV.unlink, missing_ok=True)
         print_banner()
         code = run_procfile()
         log("stopping embedded servers")

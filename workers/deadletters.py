@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
@@ -23,7 +25,17 @@ def list_letters(conn: psycopg.Connection, pending: bool) -> None:
         )
 
 
-def replay(conn: psycopg.Connection, ids: list[int], every: bool) -> int:
+def send_again(task_name: str, payload: Any, summary: str) -> None:
+    """Publish a task message with the workers' Celery app."""
+    app.send_task(task_name, args=[payload], task_id=uuid.uuid4().hex, argsrepr=summary)
+
+
+def replay(
+    conn: psycopg.Connection,
+    ids: list[int],
+    every: bool,
+    publish: Callable[[str, Any, str], None] = send_again,
+) -> int:
     """Put dead letters back on the queue under new task ids; return how many."""
     letters = (
         store.fetch_dead_letters(conn, pending=True)
@@ -32,12 +44,7 @@ def replay(conn: psycopg.Connection, ids: list[int], every: bool) -> int:
     )
     for letter in letters:
         # Applying events is idempotent, so a replay never applies anything twice.
-        app.send_task(
-            letter["task_name"],
-            args=[letter["payload"]],
-            task_id=uuid.uuid4().hex,
-            argsrepr=f"[replay of dead letter {letter['id']}]",
-        )
+        publish(letter["task_name"], letter["payload"], f"[replay of dead letter {letter['id']}]")
         store.mark_replayed(conn, letter["id"])
         conn.commit()
         print(f"replayed {letter['id']} ({letter['task_name']})")

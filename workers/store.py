@@ -99,6 +99,21 @@ ORDER BY id
 
 MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s"
 
+SELECT_QUARANTINE = """
+SELECT id, request_id, provider, reason, errors, raw_body, content_type, received_at,
+       created_at, replayed_at, discarded_at
+FROM quarantine
+WHERE (%(id)s::bigint IS NULL OR id = %(id)s)
+  AND (%(pending)s = false OR (replayed_at IS NULL AND discarded_at IS NULL))
+ORDER BY id
+LIMIT %(limit)s
+"""
+
+RESOLVE_QUARANTINE = {
+    "replayed": "UPDATE quarantine SET replayed_at = now() WHERE id = %(id)s",
+    "discarded": "UPDATE quarantine SET discarded_at = now() WHERE id = %(id)s",
+}
+
 SELECT_MESSAGE = """
 SELECT provider, message_id, status, phone, chat_id, is_group, instance_id, sent_at,
        received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, updated_at
@@ -211,6 +226,23 @@ def fetch_dead_letters(
     """Return dead letters (one by id, or only those never replayed), oldest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(SELECT_DEAD_LETTERS, {"id": letter_id, "pending": pending}).fetchall()
+
+
+def fetch_quarantine(
+    conn: psycopg.Connection,
+    item_id: int | None = None,
+    pending: bool = False,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return quarantined bodies (one by id, or only those neither replayed nor discarded)."""
+    params = {"id": item_id, "pending": pending, "limit": limit}
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SELECT_QUARANTINE, params).fetchall()
+
+
+def resolve_quarantine(conn: psycopg.Connection, item_id: int, how: str) -> None:
+    """Mark a quarantined body replayed or discarded."""
+    conn.execute(RESOLVE_QUARANTINE[how], {"id": item_id})
 
 
 def mark_replayed(conn: psycopg.Connection, letter_id: int) -> None:

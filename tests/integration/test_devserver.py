@@ -131,6 +131,22 @@ def test_start_serve_stop_restart(tmp_path):
             ),
             timeout=15,
         )
+        # The operations commands reach the running service's servers, as the README says.
+        settings = {}
+        for name in ("secrets.env", "run.env"):
+            for line in (var / name).read_text().splitlines():
+                if "=" in line and not line.startswith("#"):
+                    key, value = line.split("=", 1)
+                    settings[key] = value
+        listed = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", "deadletters", "list"],
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k not in CLEARED} | settings,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
         # Flower's own Prometheus metrics count the task too.
         with urllib.request.urlopen(f"{flower}/metrics", timeout=5) as response:
             flower_metrics = response.read().decode()
@@ -139,6 +155,7 @@ def test_start_serve_stop_restart(tmp_path):
         children = server.descendants()
         took = server.stop()
     assert took < 10, server.output()
+    assert not (var / "run.env").exists()
     time.sleep(0.5)
     assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
 

@@ -1,0 +1,242 @@
+"""Quarantine and dead letters: read-only endpoints behind API_TOKEN, and the Flask commands
+that act on them (`flask --app app quarantine ...`, `flask --app app deadletters ...`)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import psycopg
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask.cli import AppGroup
+from marshmallow import ValidationError
+
+from app.auth import require_api_token
+from app.errors import ApiError
+from app.queue import EXTENSION, QueueUnavailable, send
+from app.webhooks import PARSERS
+from schemas.events import dump_events
+from workers import deadletters, store
+from workers.celery_app import APPLY_EVENTS
+from workers.db import get_pool
+
+bp = Blueprint("operations", __name__)
+MAX_LIMIT = 1000
+
+
+def listing_args() -> tuple[bool, int]:
+    """Return (pending only, limit) from ?state= and ?limit=, or answer 400 naming the field."""
+    state = request.args.get("state", "pending")
+    if state not in ("pending", "all"):
+        raise ApiError(400, "invalid query", errors={"state": ["must be pending or all"]})
+    try:
+        limit = int(request.args.get("limit", "100"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, "invalid query", errors={"limit": [f"must be 1 to {MAX_LIMIT}"]})
+    return state == "pending", limit
+
+
+def iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def quarantine_summary(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "request_id", "provider", "reason", "errors", "received_at", "created_at")
+    summary = {key: iso(row[key]) for key in keys}
+    summary["replayed_at"] = iso(row["replayed_at"])
+    summary["discarded_at"] = iso(row["discarded_at"])
+    return summary
+
+
+def letter_summary(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "task_id", "task_name", "error", "deliveries", "created_at", "replayed_at")
+    summary = {key: iso(row[key]) for key in keys}
+    payload = row["payload"]
+    summary["events"] = len(payload) if isinstance(payload, list) else None
+    return summary
+
+
+@bp.get("/quarantine")
+def list_quarantine() -> Response:
+    """Quarantined bodies, oldest first: pending ones (neither replayed nor discarded) or all."""
+    require_api_token()
+    pending, limit = listing_args()
+    with get_pool().connection() as conn:
+        rows = store.fetch_quarantine(conn, pending=pending, limit=limit)
+    return jsonify(items=[quarantine_summary(row) for row in rows])
+
+
+@bp.get("/quarantine/<int:item_id>")
+def show_quarantine(item_id: int) -> Response:
+    """One quarantined body, raw."""
+    require_api_token()
+    with get_pool().connection() as conn:
+        rows = store.fetch_quarantine(conn, item_id=item_id)
+    if not rows:
+        raise ApiError(404, "no such quarantined body")
+    row = rows[0]
+    return jsonify(
+        **quarantine_summary(row), raw_body=row["raw_body"], content_type=row["content_type"]
+    )
+
+
+@bp.get("/dead-letters")
+def list_dead_letters() -> Response:
+    """Dead letters, oldest first: pending ones (never replayed) or all."""
+    require_api_token()
+    pending, limit = listing_args()
+    with get_pool().connection() as conn:
+        rows = store.fetch_dead_letters(conn, pending=pending)[:limit]
+    return jsonify(items=[letter_summary(row) for row in rows])
+
+
+@bp.get("/dead-letters/<int:letter_id>")
+def show_dead_letter(letter_id: int) -> Response:
+    """One dead letter, with its task payload."""
+    require_api_token()
+    with get_pool().connection() as conn:
+        rows = store.fetch_dead_letters(conn, letter_id=letter_id)
+    if not rows:
+        raise ApiError(404, "no such dead letter")
+    return jsonify(**letter_summary(rows[0]), payload=rows[0]["payload"])
+
+
+# -- commands ------------------------------------------------------------------------------
+
+quarantine_cli = AppGroup("quarantine", help="Bodies that failed validation.")
+deadletters_cli = AppGroup("deadletters", help="Task messages the workers gave up on.")
+
+
+@contextmanager
+def database() -> Iterator[psycopg.Connection]:
+    with psycopg.connect(current_app.config["DATABASE_URL"]) as conn:
+        yield conn
+
+
+def publish(task_name: str, payload: Any, summary: str) -> None:
+    """Enqueue a task message (with its in-flight ledger entry), or stop the command."""
+    try:
+        celery = current_app.extensions[EXTENSION]
+        send(celery, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)
+    except QueueUnavailable as exc:
+        raise click.ClickException(f"the broker did not take it: {exc}") from exc
+
+
+@quarantine_cli.command("list")
+@click.option("--all", "everything", is_flag=True, help="Include replayed and discarded ones.")
+@click.option("--limit", default=100, show_default=True)
+def quarantine_list(everything: bool, limit: int) -> None:
+    """One line per quarantined body: id, received, provider, state, invalid fields."""
+    with database() as conn:
+        rows = store.fetch_quarantine(conn, pending=not everything, limit=limit)
+    for row in rows:
+        state = (
+            "replayed" if row["replayed_at"] else "discarded" if row["discarded_at"] else "pending"
+        )
+        fields = ",".join(sorted(row["errors"])) if isinstance(row["errors"], dict) else "-"
+        click.echo(
+            f"{row['id']}\t{row['received_at'].isoformat()}\t{row['provider']}\t{state}\t{fields}"
+        )
+
+
+@quarantine_cli.command("show")
+@click.argument("item_id", type=int)
+def quarantine_show(item_id: int) -> None:
+    """Print a quarantined body and why it was refused, as JSON."""
+    with database() as conn:
+        rows = store.fetch_quarantine(conn, item_id=item_id)
+    if not rows:
+        raise click.ClickException(f"no quarantined body {item_id}")
+    row = rows[0]
+    shown = {**quarantine_summary(row), "raw_body": row["raw_body"]}
+    click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+@quarantine_cli.command("replay")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Every pending one.")
+def quarantine_replay(ids: tuple[int, ...], everything: bool) -> None:
+    """Validate stored bodies again (after a fix) and enqueue their events.
+
+    Each is replayed once; its events are applied once however often they are enqueued.
+    A body still invalid stays pending, and the command exits 1.
+    """
+    if not ids and not everything:
+        raise click.UsageError("give IDs or --all")
+    still_invalid = 0
+    with database() as conn:
+        rows = (
+            store.fetch_quarantine(conn, pending=True)
+            if everything
+            else [row for i in ids for row in store.fetch_quarantine(conn, item_id=i)]
+        )
+        for row in rows:
+            if row["replayed_at"] or row["discarded_at"]:
+                click.echo(
+                    f"{row['id']}: already {'replayed' if row['replayed_at'] else 'discarded'}"
+                )
+                continue
+            outcome = replay_one(row)
+            if outcome.startswith("still invalid"):
+                still_invalid += 1
+            else:
+                store.resolve_quarantine(conn, row["id"], "replayed")
+                conn.commit()
+            click.echo(f"{row['id']}: {outcome}")
+    if still_invalid:
+        raise SystemExit(1)
+
+
+def replay_one(row: dict[str, Any]) -> str:
+    """Validate one stored body again; enqueue its events; say what happened."""
+    try:
+        body = json.loads(row["raw_body"])
+        parsed = PARSERS[row["provider"]](
+            body, received_at=row["received_at"], request_id=row["request_id"]
+        )
+    except ValidationError as exc:
+        return f"still invalid: {json.dumps(exc.messages, ensure_ascii=False, default=str)}"
+    except (ValueError, RecursionError):
+        return "still invalid: not JSON"
+    if parsed.ignored is not None:
+        return f"replayed: a {parsed.ignored}, nothing to apply"
+    publish(APPLY_EVENTS, dump_events(parsed.events), f"[replay of quarantine {row['id']}]")
+    return f"replayed: {len(parsed.events)} events enqueued"
+
+
+@quarantine_cli.command("discard")
+@click.argument("ids", nargs=-1, type=int, required=True)
+def quarantine_discard(ids: tuple[int, ...]) -> None:
+    """Take quarantined bodies off the pending list (they stay in the table)."""
+    with database() as conn:
+        for item_id in ids:
+            if not store.fetch_quarantine(conn, item_id=item_id):
+                raise click.ClickException(f"no quarantined body {item_id}")
+            store.resolve_quarantine(conn, item_id, "discarded")
+        conn.commit()
+    click.echo(f"discarded {len(ids)}")
+
+
+@deadletters_cli.command("list")
+@click.option("--pending", is_flag=True, help="Only those never replayed.")
+def deadletters_list(pending: bool) -> None:
+    """One line per dead letter."""
+    with database() as conn:
+        deadletters.list_letters(conn, pending)
+
+
+@deadletters_cli.command("replay")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Every one never replayed.")
+def deadletters_replay(ids: tuple[int, ...], everything: bool) -> None:
+    """Enqueue dead letters again (applying them twice changes nothing)."""
+    if not ids and not everything:
+        raise click.UsageError("give IDs or --all")
+    with database() as conn:
+        deadletters.replay(conn, list(ids), everything, publish=publish)

@@ -1,0 +1,151 @@
+"""Quarantine and dead letters: the read-only API and the Flask commands, on real servers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.conftest import API_TOKEN, load_fixture, queued
+from workers import store
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def quarantine(db, body, provider="zapi", request_id="req-1") -> int:
+    store.record_quarantine(
+        db,
+        {
+            "request_id": request_id,
+            "provider": provider,
+            "reason": "validation",
+            "errors": {"status": ["unknown"]},
+            "raw_body": body if isinstance(body, str) else json.dumps(body),
+            "content_type": "application/json",
+            "received_at": datetime(2026, 11, 22, 10, 0, tzinfo=UTC),
+        },
+    )
+    return db.execute("SELECT id FROM quarantine WHERE request_id = %s", (request_id,)).fetchone()[
+        0
+    ]
+
+
+def dead_letter(db, task_id="dead-1") -> int:
+    event = {
+        "provider": "zapi",
+        "message_id": "DL-1",
+        "status": "sent",
+        "raw_status": "SENT",
+        "occurred_at": "2026-11-22T10:00:00+00:00",
+        "received_at": "2026-11-22T10:00:01+00:00",
+    }
+    letter = {
+        "task_id": task_id,
+        "task_name": "ticks.apply_events",
+        "payload": [event],
+        "error": "ValueError('x')",
+        "deliveries": 1,
+    }
+    store.record_dead_letter(db, letter)
+    return db.execute("SELECT id FROM dead_letters WHERE task_id = %s", (task_id,)).fetchone()[0]
+
+
+# -- read-only API -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/quarantine", "/quarantine/1", "/dead-letters", "/dead-letters/1"]
+)
+def test_the_operations_api_needs_the_api_token(client, path):
+    response = client.get(path)
+    assert response.status_code == 401
+    assert response.json["error"]
+
+
+def test_quarantine_is_listed_and_shown(client, db):
+    item = quarantine(db, {"status": "DELETED", "ids": ["Q-1"]})
+    listed = client.get("/quarantine", headers=AUTH).json["items"]
+    assert [(i["id"], i["provider"], i["errors"]) for i in listed] == [
+        (item, "zapi", {"status": ["unknown"]})
+    ]
+    assert "raw_body" not in listed[0]
+    shown = client.get(f"/quarantine/{item}", headers=AUTH).json
+    assert json.loads(shown["raw_body"]) == {"status": "DELETED", "ids": ["Q-1"]}
+    assert shown["received_at"] == "2026-11-22T10:00:00+00:00"
+    assert client.get(f"/quarantine/{item + 1000}", headers=AUTH).status_code == 404
+
+
+def test_dead_letters_are_listed_and_shown(client, db):
+    letter = dead_letter(db)
+    [listed] = client.get("/dead-letters", headers=AUTH).json["items"]
+    assert (listed["id"], listed["events"], listed["replayed_at"]) == (letter, 1, None)
+    shown = client.get(f"/dead-letters/{letter}", headers=AUTH).json
+    assert shown["payload"][0]["message_id"] == "DL-1"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("state=done", "state"), ("limit=0", "limit"), ("limit=x", "limit")]
+)
+def test_a_bad_query_is_a_400_naming_the_field(client, db, query, field):
+    response = client.get(f"/quarantine?{query}", headers=AUTH)
+    assert response.status_code == 400
+    assert field in response.json["errors"]
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def run(app, *args):
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def test_replay_revalidates_enqueues_once_and_never_twice(app, db, broker):
+    # Stored while the status was not understood; valid now (as after a fix).
+    body = {**load_fixture("zapi", "seed_read"), "ids": ["Q-FIXED"]}
+    item = quarantine(db, body)
+    result = run(app, "quarantine", "replay", str(item))
+    assert result.exit_code == 0, result.output
+    assert f"{item}: replayed: 1 events enqueued" in result.output
+    [(task, events)] = queued(broker)
+    assert task == "ticks.apply_events"
+    assert [(e["message_id"], e["status"], e["request_id"]) for e in events] == [
+        ("Q-FIXED", "read", "req-1")
+    ]
+    assert broker.zcard("ticks:inflight") == 1  # published with its ledger entry
+
+    again = run(app, "quarantine", "replay", str(item))
+    assert f"{item}: already replayed" in again.output
+    assert len(queued(broker)) == 1
+    assert run(app, "quarantine", "list").output == ""  # no longer pending
+    assert "\treplayed\t" in run(app, "quarantine", "list", "--all").output
+
+
+def test_a_body_still_invalid_stays_pending_and_the_command_fails(app, db, broker):
+    item = quarantine(db, {"status": "DELETED", "ids": ["Q-2"]})
+    result = run(app, "quarantine", "replay", "--all")
+    assert result.exit_code == 1
+    assert f"{item}: still invalid" in result.output and "status" in result.output
+    assert queued(broker) == []
+    assert f"{item}\t" in run(app, "quarantine", "list").output
+
+
+def test_show_and_discard(app, db):
+    item = quarantine(db, "not json at all")
+    shown = run(app, "quarantine", "show", str(item))
+    assert json.loads(shown.output)["raw_body"] == "not json at all"
+    assert run(app, "quarantine", "discard", str(item)).exit_code == 0
+    assert run(app, "quarantine", "list").output == ""
+    assert "\tdiscarded\t" in run(app, "quarantine", "list", "--all").output
+    assert run(app, "quarantine", "discard", "999999").exit_code != 0
+
+
+def test_deadletters_commands_list_and_replay_with_the_ledger(app, db, broker):
+    letter = dead_letter(db)
+    assert f"{letter}\t" in run(app, "deadletters", "list", "--pending").output
+    result = run(app, "deadletters", "replay", "--all")
+    assert result.exit_code == 0, result.output
+    [(task, payload)] = queued(broker)
+    assert task == "ticks.apply_events" and payload[0]["message_id"] == "DL-1"
+    assert broker.zcard("ticks:inflight") == 1
+    assert run(app, "deadletters", "list", "--pending").output == ""
