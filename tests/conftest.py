@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,13 @@ def load_fixture(provider: str, name: str) -> Any:
 def fixture_names(provider: str) -> list[str]:
     """Return the names of every payload fixture of a provider."""
     return sorted(path.stem for path in (FIXTURES / provider).glob("*.json"))
+
+
+def free_port() -> int:
+    """Return a loopback port nobody listens on (for a server to take, or to find closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -14,16 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import API_TOKEN, ROOT, load_fixture, queued, wait_for
+from tests.conftest import API_TOKEN, ROOT, free_port, load_fixture, queued, wait_for
 from workers.redact import redact_paths
 
 TOKEN = "a-secret-token-never-logged"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import API_TOKEN, load_fixture, make_app
+from tests.conftest import API_TOKEN, free_port, load_fixture, make_app
 
 ZAPI_URL = "/webhooks/zapi/zapi-secret-one"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -76,12 +76,7 @@ def test_accepted_events_are_counted(client):
 
 
 def test_a_dead_broker_is_counted_as_unavailable(database_url):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = make_app(database_url, f"redis://127.0.0.1:{port}/0").test_client()
+    client = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0").test_client()
     before = callbacks("zapi", "broker_unavailable")
     assert client.post(ZAPI_URL, json=load_fixture("zapi", "seed_sent")).status_code == 503
     assert callbacks("zapi", "broker_unavailable") == before + 1
@@ -119,12 +114,7 @@ def test_queue_depth_and_the_age_of_the_oldest_waiting_message(client, broker):
 
 
 def test_a_dead_broker_does_not_break_the_scrape(database_url):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = make_app(database_url, f"redis://127.0.0.1:{port}/0").test_client()
+    client = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0").test_client()
     response = client.get("/metrics", headers=AUTH)
     assert response.status_code == 200
     assert gauge(response.text, "ticks_broker_up") == 0

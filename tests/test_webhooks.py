@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import API_TOKEN, load_fixture, make_app, queued
+from tests.conftest import API_TOKEN, free_port, load_fixture, make_app, queued
 
 ZAPI_URL = "/webhooks/zapi/zapi-secret-one"
 GREEN_URL = "/webhooks/greenapi/green-secret"
@@ -212,14 +212,8 @@ def test_unknown_fields_are_accepted(client, broker):
     assert response.json == {"accepted": 1}
 
 
-def dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_dead_broker_is_503_within_2_seconds(database_url):
-    app = make_app(database_url, f"redis://127.0.0.1:{dead_port()}/0")
+    app = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0")
     client = app.test_client()
     for _ in range(3):
         started = time.monotonic()
@@ -243,7 +237,7 @@ def test_silent_broker_is_503_within_2_seconds(database_url):
 
 def test_dead_broker_quarantine_is_503_not_200(database_url):
     """Even for Green-API, an invalid body that could not be kept is not acknowledged."""
-    app = make_app(database_url, f"redis://127.0.0.1:{dead_port()}/0")
+    app = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0")
     response = app.test_client().post(GREEN_URL, json={"typeWebhook": "outgoingMessageStatus"})
     assert response.status_code == 503
 
@@ -259,7 +253,7 @@ def test_readyz_when_broker_and_database_answer(client):
 
 
 def test_readyz_names_the_broker_when_it_is_down(database_url):
-    app = make_app(database_url, f"redis://127.0.0.1:{dead_port()}/0")
+    app = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0")
     started = time.monotonic()
     response = app.test_client().get("/readyz")
     assert time.monotonic() - started < 3
@@ -270,7 +264,7 @@ def test_readyz_names_the_broker_when_it_is_down(database_url):
 
 
 def test_readyz_names_the_database_when_it_is_down(redis_url, broker):
-    app = make_app(f"postgresql://127.0.0.1:{dead_port()}/nowhere", redis_url)
+    app = make_app(f"postgresql://127.0.0.1:{free_port()}/nowhere", redis_url)
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["database"] == "unavailable"

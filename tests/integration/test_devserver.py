@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, wait_for
+from tests.conftest import FIXTURES, ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 CLEARED = (
@@ -29,12 +28,6 @@ CLEARED = (
     "PLUG_WEBHOOK_TOKENS",
     "FLOWER_BASIC_AUTH",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None):

@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from tests.conftest import API_TOKEN, WEBHOOK_TOKENS, fixture_names, load_fixture, wait_for
+from tests.conftest import (
+    API_TOKEN,
+    WEBHOOK_TOKENS,
+    fixture_names,
+    free_port,
+    load_fixture,
+    wait_for,
+)
 from workers.statuses import next_status
 
 pytestmark = pytest.mark.integration
@@ -171,12 +178,9 @@ def test_failed_then_sent_through_workers_stays_failed(client, start_worker):
 
 
 def test_worker_metrics_add_up_every_pool_process(client, start_worker):
-    import socket
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     start_worker(pool="prefork", concurrency=2, env={"WORKER_METRICS_PORT": str(port)})
     for n in range(12):
         body = {**load_fixture("zapi", "seed_sent"), "ids": [f"WM{n:02d}"]}
