@@ -1,0 +1,101 @@
+"""What the HTTP API answers, as marshmallow schemas: the source of /openapi.json."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+
+class AcceptedSchema(Schema):
+    """The answer to a webhook the endpoint took (or kept in quarantine, for Green-API)."""
+
+    accepted = fields.Integer(required=True, metadata={"description": "events enqueued"})
+    ignored = fields.String(metadata={"description": "another webhook type, not a status"})
+    quarantined = fields.Boolean(metadata={"description": "Green-API: invalid body kept"})
+    errors = fields.Dict(metadata={"description": "field -> messages, when quarantined"})
+
+
+class ErrorSchema(Schema):
+    """Every error answer."""
+
+    error = fields.String(required=True)
+    errors = fields.Dict(metadata={"description": "field -> messages, when a field is wrong"})
+
+
+class EventSchema(Schema):
+    """One distinct event a message received."""
+
+    status = fields.String(required=True)
+    raw_status = fields.String(required=True)
+    occurred_at = fields.DateTime(required=True)
+    received_at = fields.DateTime(required=True)
+    applied = fields.Boolean(required=True, metadata={"description": "false: the rules kept it"})
+
+
+class MessageSchema(Schema):
+    """A message's one truth: the furthest status, when each was first seen, its history."""
+
+    provider = fields.String(required=True)
+    message_id = fields.String(required=True)
+    status = fields.String(required=True, allow_none=True)
+    phone = fields.String(required=True, allow_none=True)
+    chat_id = fields.String(required=True, allow_none=True)
+    is_group = fields.Boolean(required=True, allow_none=True)
+    instance_id = fields.String(required=True, allow_none=True)
+    sent_at = fields.DateTime(required=True, allow_none=True)
+    received_at = fields.DateTime(required=True, allow_none=True)
+    read_at = fields.DateTime(required=True, allow_none=True)
+    played_at = fields.DateTime(required=True, allow_none=True)
+    failed_at = fields.DateTime(required=True, allow_none=True)
+    read_by_me_at = fields.DateTime(required=True, allow_none=True)
+    failure_reason = fields.String(required=True, allow_none=True)
+    updated_at = fields.DateTime(required=True)
+    events = fields.List(fields.Nested(EventSchema), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadySchema(Schema):
+    status = fields.String()
+    error = fields.String()
+    broker = fields.String(required=True, metadata={"description": "ok or unavailable"})
+    database = fields.String(required=True, metadata={"description": "ok or unavailable"})
+
+
+class QuarantinedSchema(Schema):
+    """A body that failed validation, kept for replay."""
+
+    id = fields.Integer(required=True)
+    request_id = fields.String(required=True)
+    provider = fields.String(required=True)
+    reason = fields.String(required=True)
+    errors = fields.Dict(required=True)
+    received_at = fields.DateTime(required=True)
+    created_at = fields.DateTime(required=True)
+    replayed_at = fields.DateTime(required=True, allow_none=True)
+    discarded_at = fields.DateTime(required=True, allow_none=True)
+    raw_body = fields.String(metadata={"description": "only in GET /quarantine/{id}"})
+    content_type = fields.String(allow_none=True)
+
+
+class QuarantineListSchema(Schema):
+    items = fields.List(fields.Nested(QuarantinedSchema), required=True)
+
+
+class DeadLetterSchema(Schema):
+    """A task message the workers gave up on, kept for replay."""
+
+    id = fields.Integer(required=True)
+    task_id = fields.String(required=True)
+    task_name = fields.String(required=True)
+    error = fields.String(required=True)
+    deliveries = fields.Integer(required=True)
+    created_at = fields.DateTime(required=True)
+    replayed_at = fields.DateTime(required=True, allow_none=True)
+    events = fields.Integer(required=True, allow_none=True)
+    payload = fields.Raw(metadata={"description": "only in GET /dead-letters/{id}"})
+
+
+class DeadLetterListSchema(Schema):
+    items = fields.List(fields.Nested(DeadLetterSchema), required=True)
