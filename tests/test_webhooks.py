@@ -311,3 +311,16 @@ def test_a_bug_is_a_json_500_logged_without_the_token(client, caplog, monkeypatc
     assert response.json == {"error": "internal error"}
     assert "unhandled error on POST /webhooks/<provider>/<token>" in caplog.text
     assert "zapi-secret-one" not in caplog.text
+
+
+def test_answers_past_parsing_carry_the_request_id(client, database_url):
+    accepted = client.post(ZAPI_URL, json=load_fixture("zapi", "seed_sent"))
+    invalid = client.post(ZAPI_URL, json={"status": "SENT"})
+    refused = client.post("/webhooks/zapi/wrong", json={})
+    assert len(accepted.headers["X-Request-Id"]) == 32
+    assert invalid.status_code == 422 and invalid.headers["X-Request-Id"]
+    assert accepted.headers["X-Request-Id"] != invalid.headers["X-Request-Id"]
+    assert "X-Request-Id" not in refused.headers
+    dead = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0").test_client()
+    unavailable = dead.post(ZAPI_URL, json=load_fixture("zapi", "seed_sent"))
+    assert unavailable.status_code == 503 and unavailable.headers["X-Request-Id"]
