@@ -15,12 +15,10 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Celery
 from flask import Flask, current_app
-from kombu.serialization import dumps as serialize
-from kombu.utils.json import dumps as json_dumps
 
 from app.metrics import BATCH_CALLBACKS, ENQUEUE_SECONDS
 from workers import ledger
-from workers.celery_app import APPLY_EVENTS, QUEUE, make_celery
+from workers.celery_app import APPLY_EVENTS, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,6 @@ EXTENSION = "ticks.celery"
 # connect and socket timeouts of 0.5 s (redis-py itself retries a dropped connection once
 # it is back; a MULTI repeated that way at worst queues a message twice, applied once).
 PUBLISH_SOCKET_TIMEOUT = 0.5
-PERSISTENT = 2  # kombu's delivery_mode for persistent messages, as send_task sets it
 BROKER_ERRORS = (
     kombu.exceptions.OperationalError,
     redis.exceptions.RedisError,
@@ -170,51 +167,20 @@ def enqueue(task_name: str, payload: Any, *, task_id: str, summary: str) -> None
 
 
 def send(celery: Celery, task_name: str, payload: Any, *, task_id: str, summary: str) -> None:
-    """Put a task message on the queue and in the in-flight ledger, in one transaction.
-
-    The message is the one ``send_task`` would publish (Celery builds it, kombu frames it);
-    only the last step differs: one MULTI/EXEC holds the LPUSH and the ledger entry, so both
-    or neither are stored, in one round trip.
-    """
+    """Publish a task message with its ledger entry; raise QueueUnavailable if the broker
+    did not take it."""
     try:
-        with celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
-            channel = conn.default_channel
-            message = broker_message(celery, channel, task_name, payload, task_id, summary)
-            pipe = channel.client.pipeline(transaction=True)
-            ledger.record(pipe, task_id, task_name, payload)
-            pipe.lpush(QUEUE, message)
-            pipe.execute()
+        ledger.publish(
+            celery,
+            task_name,
+            payload,
+            task_id=task_id,
+            summary=summary,
+            timeout=PUBLISH_SOCKET_TIMEOUT,
+        )
     except BROKER_ERRORS as exc:
         log.error("broker unavailable task=%s task_id=%s: %s", task_name, task_id, exc)
         raise QueueUnavailable(str(exc)) from exc
-
-
-def broker_message(
-    celery: Celery, channel: Any, task_name: str, payload: Any, task_id: str, summary: str
-) -> str:
-    """Return the task message as kombu's Redis transport stores it on the queue."""
-    headers, properties, body, _ = celery.amqp.create_task_message(
-        task_id,
-        task_name,
-        [payload],
-        {},
-        # argsrepr is what Flower and the logs show: a summary, never phone numbers.
-        argsrepr=summary,
-        kwargsrepr="{}",
-    )
-    content_type, content_encoding, data = serialize(body, serializer="json")
-    message = channel.prepare_message(
-        data,
-        0,
-        content_type,
-        content_encoding,
-        headers,
-        {**properties, "delivery_mode": PERSISTENT},
-    )
-    # What kombu's basic_publish does before its own LPUSH: encode the body, number the
-    # delivery, and address it (the default exchange routes by queue name).
-    channel._inplace_augment_message(message, "", QUEUE)
-    return json_dumps(message)
 
 
 def ping_broker() -> None:

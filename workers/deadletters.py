@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from workers import store
+from workers import ledger, store
 from workers.celery_app import app
 from workers.db import database_url
 
@@ -26,8 +26,8 @@ def list_letters(conn: psycopg.Connection, pending: bool) -> None:
 
 
 def send_again(task_name: str, payload: Any, summary: str) -> None:
-    """Publish a task message with the workers' Celery app."""
-    app.send_task(task_name, args=[payload], task_id=uuid.uuid4().hex, argsrepr=summary)
+    """Publish a task message (and its ledger entry) with the workers' Celery app."""
+    ledger.publish(app, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)
 
 
 def replay(

@@ -1,8 +1,9 @@
 """The in-flight ledger: every task message Ticks publishes, until a worker has finished it.
 
 kombu's Redis transport takes a message off the queue (BRPOP) before it records it as
-unacknowledged; a worker killed in between loses it for good, acks_late or not. So the
-endpoint records each message here before publishing it, the worker removes it once the
+unacknowledged; a worker killed in between loses it for good, acks_late or not. So every
+message Ticks publishes (publish(): the endpoint, replays, the sweeper) is recorded here in
+the same MULTI that pushes it, the worker removes it once the
 message is finished (applied or dead-lettered), and a sweeper publishes again what has left
 the queue, is held by no worker (not in kombu's unacked set) and is still not finished. A
 message published twice this way is applied once: applying events is idempotent.
@@ -16,6 +17,10 @@ import time
 from typing import Any
 
 from celery import Celery
+from kombu.serialization import dumps as serialize
+from kombu.utils.json import dumps as json_dumps
+
+from workers.celery_app import QUEUE
 
 # Clients here are kombu's redis-py clients (conn.default_channel.client), typed as Any.
 log = logging.getLogger(__name__)
@@ -24,12 +29,65 @@ INFLIGHT = "ticks:inflight"  # sorted set: task id -> time published
 MESSAGES = "ticks:inflight:messages"  # hash: task id -> {"task": name, "payload": ...}
 SWEEP_LOCK = "ticks:inflight:sweeping"
 KOMBU_UNACKED = "unacked"
+PERSISTENT = 2  # kombu's delivery_mode for persistent messages, as send_task sets it
 
 
 def record(pipe: Any, task_id: str, task_name: str, payload: Any) -> None:
     """Add the note of a message about to be published to a pipeline (a MULTI with the push)."""
     pipe.zadd(INFLIGHT, {task_id: time.time()})
     pipe.hset(MESSAGES, task_id, json.dumps({"task": task_name, "payload": payload}))
+
+
+def publish(
+    celery: Celery,
+    task_name: str,
+    payload: Any,
+    *,
+    task_id: str,
+    summary: str,
+    timeout: float = 5,
+) -> None:
+    """Put a task message on the queue and in the ledger, in one transaction.
+
+    The message is the one ``send_task`` would publish (Celery builds it, kombu frames it);
+    only the last step differs: one MULTI/EXEC holds the LPUSH and the ledger entry, so both
+    or neither are stored, in one round trip. Raises the broker's errors.
+    """
+    with celery.pool.acquire(block=True, timeout=timeout) as conn:
+        channel = conn.default_channel
+        message = broker_message(celery, channel, task_name, payload, task_id, summary)
+        pipe = channel.client.pipeline(transaction=True)
+        record(pipe, task_id, task_name, payload)
+        pipe.lpush(QUEUE, message)
+        pipe.execute()
+
+
+def broker_message(
+    celery: Celery, channel: Any, task_name: str, payload: Any, task_id: str, summary: str
+) -> str:
+    """Return the task message as kombu's Redis transport stores it on the queue."""
+    headers, properties, body, _ = celery.amqp.create_task_message(
+        task_id,
+        task_name,
+        [payload],
+        {},
+        # argsrepr is what Flower and the logs show: a summary, never phone numbers.
+        argsrepr=summary,
+        kwargsrepr="{}",
+    )
+    content_type, content_encoding, data = serialize(body, serializer="json")
+    message = channel.prepare_message(
+        data,
+        0,
+        content_type,
+        content_encoding,
+        headers,
+        {**properties, "delivery_mode": PERSISTENT},
+    )
+    # What kombu's basic_publish does before its own LPUSH: encode the body, number the
+    # delivery, and address it (the default exchange routes by queue name).
+    channel._inplace_augment_message(message, "", QUEUE)
+    return json_dumps(message)
 
 
 def finish(pipe: Any, task_id: str) -> None:
@@ -78,12 +136,12 @@ def sweep(app: Celery, queue: str, min_age: float, lock_seconds: int) -> int:
             if raw is None:  # finished meanwhile
                 continue
             entry = json.loads(raw)
-            app.send_task(
+            publish(
+                app,
                 entry["task"],
-                args=[entry["payload"]],
+                entry["payload"],
                 task_id=task_id,
-                argsrepr="[republished: lost by the broker]",
+                summary="[republished: lost by the broker]",
             )
-            client.zadd(INFLIGHT, {task_id: time.time()})
             log.warning("republished task %s: it left the queue but no worker held it", task_id)
         return len(missing)
