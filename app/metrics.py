@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from app.auth import require_api_token
+from app.config import PROVIDERS
 from workers import ledger
 from workers.celery_app import QUEUE
 
@@ -65,7 +66,6 @@ REJECTIONS = {
     415: ("rejected", "unsupported_media_type"),
     503: ("broker_unavailable", ""),
 }
-KNOWN_PROVIDERS = ("zapi", "greenapi", "plug")
 
 
 def note_outcome(outcome: str, events: int = 0) -> None:
@@ -131,8 +131,10 @@ def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+    from app.queue import EXTENSION  # app.queue imports this module
+
     queue = CollectorRegistry()
-    queue.register(QueueCollector(current_app.extensions["ticks.celery"]))
+    queue.register(QueueCollector(current_app.extensions[EXTENSION]))
     return Response(
         generate_latest(registry) + generate_latest(queue), mimetype=CONTENT_TYPE_LATEST
     )
@@ -151,8 +153,8 @@ def observe(response: Response) -> Response:
             time.perf_counter() - started
         )
     if request.path.startswith("/webhooks/"):
-        segment = request.path.split("/")[2] if request.path.count("/") >= 2 else ""
-        provider = segment if segment in KNOWN_PROVIDERS else "unknown"
+        segment = request.path.split("/")[2]  # /webhooks/<provider>...
+        provider = segment if segment in PROVIDERS else "unknown"
         outcome = g.get("callback_outcome")
         if outcome is not None:
             CALLBACKS.labels(provider, outcome, "").inc()

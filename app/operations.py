@@ -92,7 +92,7 @@ def list_dead_letters() -> Response:
     require_api_token()
     pending, limit = listing_args()
     with get_pool().connection() as conn:
-        rows = store.fetch_dead_letters(conn, pending=pending)[:limit]
+        rows = store.fetch_dead_letters(conn, pending=pending, limit=limit)
     return jsonify(items=[letter_summary(row) for row in rows])
 
 

@@ -149,3 +149,12 @@ def test_deadletters_commands_list_and_replay_with_the_ledger(app, db, broker):
     assert task == "ticks.apply_events" and payload[0]["message_id"] == "DL-1"
     assert broker.zcard("ticks:inflight") == 1
     assert run(app, "deadletters", "list", "--pending").output == ""
+
+
+def test_limit_bounds_both_listings(client, db):
+    for n in range(3):
+        dead_letter(db, task_id=f"dead-{n}")
+        quarantine(db, {"status": "DELETED"}, request_id=f"req-{n}")
+    for path in ("/dead-letters", "/quarantine"):
+        items = client.get(f"{path}?limit=2", headers=AUTH).json["items"]
+        assert len(items) == 2 and items[0]["id"] < items[1]["id"]  # oldest first

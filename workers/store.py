@@ -95,6 +95,7 @@ SELECT id, task_id, task_name, payload, error, deliveries, created_at, replayed_
 FROM dead_letters
 WHERE (%(id)s::bigint IS NULL OR id = %(id)s) AND (%(pending)s = false OR replayed_at IS NULL)
 ORDER BY id
+LIMIT %(limit)s
 """
 
 MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s"
@@ -221,11 +222,15 @@ def record_dead_letter(conn: psycopg.Connection, letter: dict[str, Any]) -> None
 
 
 def fetch_dead_letters(
-    conn: psycopg.Connection, letter_id: int | None = None, pending: bool = False
+    conn: psycopg.Connection,
+    letter_id: int | None = None,
+    pending: bool = False,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Return dead letters (one by id, or only those never replayed), oldest first."""
+    params = {"id": letter_id, "pending": pending, "limit": limit}
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(SELECT_DEAD_LETTERS, {"id": letter_id, "pending": pending}).fetchall()
+        return cur.execute(SELECT_DEAD_LETTERS, params).fetchall()
 
 
 def fetch_quarantine(
