@@ -26,7 +26,14 @@ $(STAMP_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/python
 run: $(STAMP_RUN) ## Start web, worker and Flower (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
 	$(PY) -m devserver
 
+# The status page's browser test drives a Chromium: the system's (Debian: `apt-get install
+# chromium`), else one Playwright downloads once into ~/.cache/ms-playwright.
+CHROMIUM_FOUND := $(shell command -v chromium || command -v chromium-browser || command -v google-chrome)
+
 test: $(STAMP_DEV) ## Run the whole test suite (embedded servers unless TEST_DATABASE_URL/TEST_REDIS_URL are set)
+ifeq ($(CHROMIUM_FOUND),)
+	$(VENV)/bin/playwright install chromium
+endif
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV) ## Lint and type-check (ruff, mypy)

@@ -28,13 +28,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_metrics(app)
 
-    from app import health, messages, openapi, operations, webhooks
+    from app import health, messages, openapi, operations, status_page, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(status_page.bp)
     app.cli.add_command(operations.quarantine_cli)
     app.cli.add_command(operations.deadletters_cli)
     return app

@@ -34,3 +34,17 @@ def require_api_token() -> None:
     given = header_token(request.headers.get("Authorization"))
     if not token_matches(given, [current_app.config["API_TOKEN"]]):
         raise ApiError(401, "missing or invalid API token", {"WWW-Authenticate": "Bearer"})
+
+
+def require_person() -> None:
+    """Refuse a page request unless it carries API_TOKEN: as a Bearer token, or as the
+    password of HTTP basic auth (any user name), so a browser can ask a person for it."""
+    auth = request.authorization
+    accepted = [current_app.config["API_TOKEN"]]
+    if auth is not None and auth.type == "basic":
+        if token_matches(auth.password, accepted):
+            return
+    elif token_matches(header_token(request.headers.get("Authorization")), accepted):
+        return
+    challenge = 'Basic realm="Ticks", charset="UTF-8"'
+    raise ApiError(401, "missing or invalid API token", {"WWW-Authenticate": challenge})

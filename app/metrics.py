@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from celery import Celery
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -74,52 +75,69 @@ def note_outcome(outcome: str, events: int = 0) -> None:
     g.callback_events = events
 
 
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue as the broker sees it at one moment."""
+
+    waiting: int  # task messages on the queue
+    oldest_age: float  # seconds the oldest waiting message has waited (0 when none)
+    unacked: int  # taken by workers, not yet finished
+    inflight: int  # published and not yet finished (the in-flight ledger)
+
+
+def queue_snapshot(celery: Celery) -> QueueSnapshot | None:
+    """Read the queue from the broker, or return None when it does not answer."""
+    from app.queue import BROKER_ERRORS, PUBLISH_SOCKET_TIMEOUT  # app.queue imports this
+
+    try:
+        with celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
+            client = conn.default_channel.client
+            depth, oldest, unacked, inflight = (
+                client.pipeline(transaction=False)
+                .llen(QUEUE)
+                .lindex(QUEUE, -1)
+                .hlen(ledger.KOMBU_UNACKED)
+                .zcard(ledger.INFLIGHT)
+                .execute()
+            )
+            oldest_id = ledger.task_id_of(oldest) if oldest is not None else None
+            published = client.zscore(ledger.INFLIGHT, oldest_id) if oldest_id else None
+    except BROKER_ERRORS:
+        return None
+    age = max(0.0, time.time() - published) if published else 0.0
+    return QueueSnapshot(waiting=depth, oldest_age=age, unacked=unacked, inflight=inflight)
+
+
 class QueueCollector:
-    """The queue as the broker sees it at scrape time: is Ticks keeping up?"""
+    """The queue at scrape time: is Ticks keeping up?"""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from app.queue import BROKER_ERRORS, PUBLISH_SOCKET_TIMEOUT  # app.queue imports this
-
+        snapshot = queue_snapshot(self.celery)
         up = GaugeMetricFamily("ticks_broker_up", "1 when the broker answered this scrape")
-        try:
-            with self.celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
-                client = conn.default_channel.client
-                depth, oldest, unacked, inflight = (
-                    client.pipeline(transaction=False)
-                    .llen(QUEUE)
-                    .lindex(QUEUE, -1)
-                    .hlen(ledger.KOMBU_UNACKED)
-                    .zcard(ledger.INFLIGHT)
-                    .execute()
-                )
-                oldest_id = ledger.task_id_of(oldest) if oldest is not None else None
-                published = client.zscore(ledger.INFLIGHT, oldest_id) if oldest_id else None
-        except BROKER_ERRORS:
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up.add_metric([], 0 if snapshot is None else 1)
         yield up
+        if snapshot is None:
+            return
         yield GaugeMetricFamily(
-            "ticks_queue_messages", "Task messages waiting on the queue", value=depth
+            "ticks_queue_messages", "Task messages waiting on the queue", value=snapshot.waiting
         )
         yield GaugeMetricFamily(
             "ticks_queue_oldest_age_seconds",
             "Age of the oldest task message waiting (0 when none): growing means falling behind",
-            value=max(0.0, time.time() - published) if published else 0.0,
+            value=snapshot.oldest_age,
         )
         yield GaugeMetricFamily(
             "ticks_unacked_messages",
             "Task messages taken by workers, not yet finished",
-            value=unacked,
+            value=snapshot.unacked,
         )
         yield GaugeMetricFamily(
             "ticks_inflight_messages",
             "Task messages published and not yet finished (the in-flight ledger)",
-            value=inflight,
+            value=snapshot.inflight,
         )
 
 

@@ -127,6 +127,45 @@ FROM status_events WHERE provider = %(provider)s AND message_id = %(message_id)s
 ORDER BY occurred_at, id
 """
 
+# The status page. "Reached" counts each message once per status it reached in the window
+# (status_events holds one row per message and status); a failure counts only when believed.
+STATUS_COUNTS = """
+SELECT provider, status,
+       count(*) FILTER (WHERE created_at >= now() - interval '1 hour') AS hour,
+       count(*) AS day
+FROM status_events
+WHERE created_at >= now() - interval '1 day'
+  AND status <> 'read_by_me' AND (applied OR status <> 'failed')
+GROUP BY provider, status
+"""
+
+EVENTS_PER_MINUTE = """
+SELECT date_trunc('minute', created_at) AS minute,
+       count(*) AS events,
+       count(*) FILTER (WHERE status = 'failed' AND applied) AS failed
+FROM status_events
+WHERE created_at >= date_trunc('minute', now()) - %(minutes)s * interval '1 minute'
+GROUP BY 1
+"""
+
+LATEST_FAILED = """
+SELECT provider, message_id, phone, failed_at, failure_reason
+FROM messages WHERE status = 'failed'
+ORDER BY failed_at DESC NULLS LAST
+LIMIT %(limit)s
+"""
+
+BACKLOG_COUNTS = """
+SELECT now() AS now,
+       (SELECT count(*) FROM quarantine
+        WHERE replayed_at IS NULL AND discarded_at IS NULL) AS quarantine_pending,
+       (SELECT count(*) FROM quarantine
+        WHERE received_at >= now() - interval '1 day') AS quarantine_day,
+       (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dead_letters_pending,
+       (SELECT count(*) FROM dead_letters
+        WHERE created_at >= now() - interval '1 day') AS dead_letters_day
+"""
+
 
 class Outcome(enum.Enum):
     """What became of one event."""
@@ -266,3 +305,24 @@ def fetch_message(
             return None
         message["events"] = cur.execute(SELECT_EVENTS, key).fetchall()
     return message
+
+
+def fetch_overview(
+    conn: psycopg.Connection, minutes: int = 60, failures: int = 20
+) -> dict[str, Any]:
+    """Return what the status page shows, read at one moment (one REPEATABLE READ snapshot).
+
+    counts: {(provider, status): {"hour": n, "day": n}}; per_minute: rows of minute, events,
+    failed for the last ``minutes`` whole minutes and the current one; failed: the latest
+    ``failures`` failed messages; now, and the quarantine and dead-letter counts.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        overview = cur.execute(BACKLOG_COUNTS).fetchone() or {}
+        overview["counts"] = {
+            (row["provider"], row["status"]): {"hour": row["hour"], "day": row["day"]}
+            for row in cur.execute(STATUS_COUNTS)
+        }
+        overview["per_minute"] = cur.execute(EVENTS_PER_MINUTE, {"minutes": minutes}).fetchall()
+        overview["failed"] = cur.execute(LATEST_FAILED, {"limit": failures}).fetchall()
+    return overview

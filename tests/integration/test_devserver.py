@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -140,6 +141,17 @@ def test_start_serve_stop_restart(tmp_path):
             timeout=60,
         )
         assert listed.returncode == 0, listed.stderr
+        # The status page answers a person who gives the API token as a basic-auth password.
+        login = base64.b64encode(f"ops:{api_token}".encode()).decode()
+        page = urllib.request.Request(
+            f"{server.base}/", headers={"Authorization": f"Basic {login}"}
+        )
+        with urllib.request.urlopen(page, timeout=10) as response:
+            html = response.read().decode()
+        assert re.search(r"<th scope=\"row\">zapi</th><td class=\"sent some\">1</td>", html)
+        with urllib.request.urlopen(f"{server.base}/static/status.css", timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/css")
+        assert http("GET", f"{server.base}/")[0] == 401
         # Flower's own Prometheus metrics count the task too.
         with urllib.request.urlopen(f"{flower}/metrics", timeout=5) as response:
             flower_metrics = response.read().decode()

@@ -1,0 +1,203 @@
+"""The status page at GET /: what Ticks did in the last hour and day, read-only, for a person.
+
+Server-rendered (Jinja, inline SVG for the chart, one static stylesheet): no script, no build
+step. Behind API_TOKEN, given as a Bearer token or as the password of HTTP basic auth, so a
+browser asks for it. When PostgreSQL or the broker does not answer, the page still renders
+and says so: it is most wanted during an incident.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Response, current_app, make_response, render_template
+
+from app.auth import require_person
+from app.config import PROVIDERS
+from app.metrics import QueueSnapshot, queue_snapshot
+from app.queue import EXTENSION
+from workers import store
+from workers.db import get_pool
+from workers.redact import mask_phone
+from workers.statuses import STATUSES
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("status_page", __name__)
+
+MINUTES = 60  # the chart's span
+FAILURES_SHOWN = 20
+REFRESH_SECONDS = 30
+# A queue whose oldest message has waited this long is falling behind.
+QUEUE_AGE_WARNING_SECONDS = 60
+
+# The page needs no script and loads nothing from elsewhere; nobody may frame it.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+# The chart, in SVG user units: the bars are drawn between CHART_TOP and CHART_HEIGHT -
+# CHART_BOTTOM (room for the time labels), right of CHART_LEFT (room for the scale).
+CHART_WIDTH, CHART_HEIGHT, CHART_TOP, CHART_LEFT, CHART_BOTTOM = 720, 190, 10, 44, 22
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One minute of the chart."""
+
+    x: float
+    width: float
+    y: float
+    height: float
+    failed_y: float
+    failed_height: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar]
+    ticks: list[tuple[float, int]]  # (y, value) of the horizontal grid lines
+    labels: list[tuple[float, str]]  # (x, time) under the bars
+    total: int
+    failed: int
+
+
+def nice_ceiling(value: int) -> int:
+    """Round up to 1, 2 or 5 times a power of ten (the chart's top), at least 1."""
+    if value <= 1:
+        return 1
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 5, 10):
+        if value <= step * power:
+            return step * power
+    return 10 * power  # pragma: no cover - the loop always returns
+
+
+def throughput_chart(rows: list[dict[str, Any]], now: datetime, minutes: int = MINUTES) -> Chart:
+    """Lay out events recorded per minute, the last ``minutes`` minutes up to ``now``'s."""
+    current = now.replace(second=0, microsecond=0)
+    by_minute = {row["minute"]: row for row in rows}
+    slots = [current - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
+    counts = [
+        (by_minute[m]["events"], by_minute[m]["failed"]) if m in by_minute else (0, 0)
+        for m in slots
+    ]
+    top = nice_ceiling(max((events for events, _ in counts), default=0))
+    plot_width = CHART_WIDTH - CHART_LEFT
+    plot_height = CHART_HEIGHT - CHART_BOTTOM - CHART_TOP
+    base = CHART_TOP + plot_height
+    slot = plot_width / minutes
+    bars = []
+    for i, (minute, (events, failed)) in enumerate(zip(slots, counts, strict=True)):
+        height = plot_height * events / top
+        failed_height = plot_height * failed / top
+        bars.append(
+            Bar(
+                x=round(CHART_LEFT + i * slot + 1, 2),
+                width=round(slot - 2, 2),
+                y=round(base - height, 2),
+                height=round(height, 2),
+                failed_y=round(base - failed_height, 2),
+                failed_height=round(failed_height, 2),
+                title=f"{minute:%H:%M} UTC: {events} events, {failed} failed",
+            )
+        )
+    values = [0, top // 2, top] if top % 2 == 0 else [0, top]
+    ticks = [(round(base - plot_height * v / top, 2), v) for v in values]
+    labels = [
+        (round(CHART_LEFT + i * slot + slot / 2, 2), f"{slots[i]:%H:%M}")
+        for i in (0, minutes // 2, minutes - 1)
+    ]
+    return Chart(
+        bars=bars,
+        ticks=ticks,
+        labels=labels,
+        total=sum(events for events, _ in counts),
+        failed=sum(failed for _, failed in counts),
+    )
+
+
+def count_table(counts: dict[tuple[str, str], dict[str, int]], window: str) -> dict[str, Any]:
+    """Rows of provider x status for one window ("hour" or "day"), with a totals row."""
+    providers = list(PROVIDERS) + sorted({p for p, _ in counts} - set(PROVIDERS))
+    cells = {
+        provider: [counts.get((provider, status), {}).get(window, 0) for status in STATUSES]
+        for provider in providers
+    }
+    totals = [sum(column) for column in zip(*cells.values(), strict=True)]
+    rows = [{"provider": provider, "cells": row} for provider, row in cells.items()]
+    return {"rows": rows, "totals": totals}
+
+
+def duration(seconds: float) -> str:
+    """A person's reading of a number of seconds: '0 s', '42 s', '3 min 5 s', '2 h 10 min'."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def read_database() -> tuple[dict[str, Any] | None, str | None]:
+    """Return (overview, None), or (None, why) when PostgreSQL does not answer."""
+    try:
+        with get_pool().connection() as conn:
+            return store.fetch_overview(conn, minutes=MINUTES, failures=FAILURES_SHOWN), None
+    except psycopg.Error as exc:
+        log.warning("status page: database unavailable: %s", type(exc).__name__)
+        return None, "did not answer"
+
+
+def page_context() -> dict[str, Any]:
+    """Everything the template shows."""
+    overview, database_error = read_database()
+    queue: QueueSnapshot | None = queue_snapshot(current_app.extensions[EXTENSION])
+    context: dict[str, Any] = {
+        "database_error": database_error,
+        "queue": queue,
+        "queue_age": duration(queue.oldest_age) if queue else None,
+        "queue_behind": bool(queue and queue.oldest_age >= QUEUE_AGE_WARNING_SECONDS),
+        "statuses": STATUSES,
+        "refresh": REFRESH_SECONDS,
+        "minutes": MINUTES,
+        "chart_size": (CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM),
+        "now": datetime.now(UTC),
+    }
+    if overview is not None:
+        context.update(
+            now=overview["now"].astimezone(UTC),
+            overview=overview,
+            hour=count_table(overview["counts"], "hour"),
+            day=count_table(overview["counts"], "day"),
+            chart=throughput_chart(overview["per_minute"], overview["now"].astimezone(UTC)),
+            failed=[{**row, "phone": mask_phone(row["phone"])} for row in overview["failed"]],
+        )
+    return context
+
+
+@bp.app_template_filter("utc")
+def utc(value: datetime | None) -> str:
+    """A timestamp as UTC, to the second."""
+    return "-" if value is None else f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+@bp.get("/")
+def status_page() -> Response:
+    """The status page."""
+    require_person()
+    response = make_response(render_template("status.html", **page_context()))
+    response.headers.update(SECURITY_HEADERS)
+    return response

@@ -1,0 +1,8 @@
+-- What the status page at / reads, without scanning whole tables.
+-- status_events is appended in time order: a BRIN index on created_at is a few pages and
+-- costs the hot insert path next to nothing, yet finds the last hour or day of events.
+CREATE INDEX status_events_created_brin ON status_events USING brin (created_at);
+-- The latest failures, newest first.
+CREATE INDEX messages_failed ON messages (failed_at DESC) WHERE status = 'failed';
+-- Pending dead letters, counted on every page view.
+CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at IS NULL;

@@ -1,0 +1,228 @@
+"""The status page as a person sees it: real callbacks through a real worker, read in a real
+headless Chromium (Debian's, driven by Playwright). The screenshot is kept in
+test-artifacts/status-page.png (TICKS_ARTIFACTS_DIR to put it elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+from werkzeug.serving import make_server
+
+from tests.conftest import API_TOKEN, ROOT, WEBHOOK_TOKENS, load_fixture, wait_for
+from workers import store
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(os.environ.get("TICKS_ARTIFACTS_DIR", ROOT / "test-artifacts"))
+# Chromium's own calls home fail on a closed network, many at a time: keep it quiet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FAILED_PHONE = "5511987654321"
+HOSTILE_REASON = "<script>window.__owned = 1</script> Invalid phone number"
+
+
+def chromium_executable() -> str | None:
+    """Debian's Chromium (or TICKS_CHROMIUM); None lets Playwright use its own download."""
+    configured = os.environ.get("TICKS_CHROMIUM")
+    if configured:
+        return configured
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(
+                executable_path=chromium_executable(), args=CHROMIUM_ARGS
+            )
+        except Exception as exc:  # no browser at all: say how to get one, never skip
+            pytest.fail(
+                "no Chromium to run the browser test: install Debian's `chromium` "
+                f"(apt-get install chromium) or run `.venv/bin/playwright install chromium`: {exc}"
+            )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(app: Any) -> Iterator[str]:
+    """Serve the app over real HTTP from a thread; return its base URL."""
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_port}"
+    http.shutdown()
+    thread.join()
+
+
+def post(base: str, provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    token = WEBHOOK_TOKENS[provider][0]
+    request = urllib.request.Request(
+        f"{base}/webhooks/{provider}/{token}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def zapi(status: str, message_id: str) -> dict[str, Any]:
+    return load_fixture("zapi", "seed_sent") | {"status": status, "ids": [message_id]}
+
+
+def greenapi_failed(message_id: str, description: str, ago: int = 0) -> dict[str, Any]:
+    body = load_fixture("greenapi", "seed_failed")
+    return body | {
+        "idMessage": message_id,
+        "timestamp": int(time.time()) - ago,
+        "chatId": f"{FAILED_PHONE}@c.us",
+        "description": description,
+    }
+
+
+@pytest.fixture
+def traffic(server: str, db: Any, start_worker: Any) -> str:
+    """Real callbacks, applied by a real worker: what the page should then show."""
+    start_worker()
+    for n in range(5):
+        post(server, "zapi", zapi("SENT", f"m{n}"))
+    for n in range(3):
+        post(server, "zapi", zapi("RECEIVED", f"m{n}"))
+    post(server, "zapi", zapi("READ", "m0"))
+    post(server, "greenapi", greenapi_failed("g-old", "An older failure", ago=3 * 3600))
+    post(server, "greenapi", greenapi_failed("g-new", HOSTILE_REASON))
+    assert post(server, "greenapi", load_fixture("greenapi", "sent") | {"status": "vanished"})[
+        "quarantined"
+    ]
+    wait_for(
+        lambda: (
+            db.execute("SELECT count(*) FROM status_events").fetchone()[0] == 11
+            and db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 1
+        )
+    )
+    # One failure recorded three hours ago: in the day's counts, not the hour's.
+    db.execute(
+        "UPDATE status_events SET created_at = now() - interval '3 hours'"
+        " WHERE message_id = 'g-old'"
+    )
+    store.record_dead_letter(
+        db,
+        {
+            "task_id": "t-1",
+            "task_name": "ticks.apply_events",
+            "payload": [],
+            "error": "boom",
+            "deliveries": 3,
+        },
+    )
+    return server
+
+
+def open_page(browser: Browser, base: str, password: str = API_TOKEN) -> tuple[Page, list[str]]:
+    context = browser.new_context(
+        http_credentials={"username": "ops", "password": password},
+        viewport={"width": 1200, "height": 900},
+    )
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    return page, problems
+
+
+def cells(page: Page, table: str, provider: str) -> list[str]:
+    return (
+        page.locator(f"#{table} tr", has=page.locator(f"th:text-is('{provider}')"))
+        .locator("td")
+        .all_inner_texts()
+    )
+
+
+def test_a_person_sees_what_ticks_did(browser, traffic):
+    page, problems = open_page(browser, traffic)
+    response = page.goto(f"{traffic}/")
+    assert response is not None and response.status == 200
+    assert page.title() == "Ticks status"
+    assert page.inner_text("#service-database") == "PostgreSQL: answering"
+    assert page.inner_text("#service-broker") == "Broker: answering"
+
+    # Counts by provider and status (sent, received, read, played, failed).
+    assert cells(page, "counts-hour", "zapi") == ["5", "3", "1", "0", "0"]
+    assert cells(page, "counts-hour", "greenapi") == ["0", "0", "0", "0", "1"]
+    assert cells(page, "counts-day", "greenapi") == ["0", "0", "0", "0", "2"]
+    assert cells(page, "counts-hour", "plug") == ["0", "0", "0", "0", "0"]
+
+    # The cards: throughput, failures, quarantine and dead letters, the queue drained.
+    assert page.inner_text("#card-throughput dd").startswith("10 events")
+    assert page.inner_text("#card-failed dd") == "1"
+    assert page.inner_text("#card-quarantine dd").startswith("1")
+    assert page.inner_text("#card-dead-letters dd").startswith("1")
+    assert page.inner_text("#card-queue dd").startswith("0")
+    assert page.inner_text("#card-queue-age dd") == "0 s"
+    for card in ("#card-failed", "#card-quarantine", "#card-dead-letters"):
+        assert "bad" in (page.get_attribute(card, "class") or "")
+
+    # The latest failures, newest first, the provider's reason shown as text, phones masked.
+    rows = page.locator("#failed-messages tbody tr")
+    assert rows.count() == 2
+    newest = rows.nth(0).locator("td").all_inner_texts()
+    assert newest[1:] == ["greenapi", "g-new", "*********4321", f"failed: {HOSTILE_REASON}"]
+    assert rows.nth(1).locator("td").all_inner_texts()[2] == "g-old"
+    assert FAILED_PHONE not in page.content()
+    assert page.evaluate("window.__owned") is None
+
+    # The chart: one bar per minute, the last ones (now) carrying this test's events.
+    bars = page.locator("#throughput-chart g.bar")
+    assert bars.count() == 60
+    titles = [bars.nth(i).locator("title").text_content() or "" for i in range(60)]
+    counted = [re.search(r": (\d+) events, (\d+) failed", t).groups() for t in titles]
+    assert sum(int(events) for events, _ in counted) == 10
+    assert sum(int(failed) for _, failed in counted) == 1
+    assert int(counted[-1][0]) + int(counted[-2][0]) == 10  # the test runs within a minute
+    busiest = max(range(60), key=lambda i: int(counted[i][0]))
+    assert float(bars.nth(busiest).locator("rect.events").get_attribute("height") or 0) > 0
+    assert page.locator("#throughput-chart rect.failed").count() == 1
+    box = page.locator("#throughput-chart").bounding_box()
+    assert box is not None and box["width"] > 600 and box["height"] > 100
+
+    # The stylesheet loaded under the page's Content-Security-Policy; nothing was refused.
+    assert page.evaluate("getComputedStyle(document.querySelector('.cards')).display") == "grid"
+    assert problems == []
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+    page.context.close()
+
+
+def test_the_browser_asks_for_the_token(browser, server):
+    page, _problems = open_page(browser, server, password="wrong")
+    response = page.goto(f"{server}/")
+    assert response is not None and response.status == 401
+    assert response.headers["www-authenticate"].startswith("Basic")
+    assert "Ticks status" not in page.content()
+    page.context.close()
