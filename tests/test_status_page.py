@@ -121,6 +121,28 @@ def test_counts_by_provider_and_status_over_the_hour_and_the_day(db):
     assert day["totals"] == [5, 1, 1, 1, 1]  # 5 hours ago: the day's; 25 hours: neither
 
 
+def test_the_throughput_rows_are_the_charts_sixty_minutes(db):
+    apply(db, event("first", "sent"), event("before", "sent"))
+    for _attempt in range(2):  # again if a minute turned between the updates and the read
+        [[minute]] = db.execute("SELECT date_trunc('minute', now())")
+        db.execute(
+            "UPDATE status_events SET created_at = %s - interval '59 minutes'"
+            " WHERE message_id = 'first'",
+            (minute,),
+        )
+        db.execute(
+            "UPDATE status_events SET created_at = %s - interval '59 minutes' - interval '1 ms'"
+            " WHERE message_id = 'before'",
+            (minute,),
+        )
+        overview = store.fetch_overview(db)
+        if overview["now"].replace(second=0, microsecond=0) == minute:
+            break
+    assert [(row["minute"], row["events"]) for row in overview["per_minute"]] == [
+        (minute - timedelta(minutes=59), 1)
+    ]
+
+
 def test_latest_failures_newest_first_with_their_reasons(db):
     for n in range(25):
         apply(db, event(f"f{n}", "failed", occurred_at=NOW + timedelta(minutes=n)))

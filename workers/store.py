@@ -144,7 +144,7 @@ SELECT date_trunc('minute', created_at) AS minute,
        count(*) AS events,
        count(*) FILTER (WHERE status = 'failed' AND applied) AS failed
 FROM status_events
-WHERE created_at >= date_trunc('minute', now()) - %(minutes)s * interval '1 minute'
+WHERE created_at >= date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute'
 GROUP BY 1
 """
 
@@ -313,7 +313,7 @@ def fetch_overview(
     """Return what the status page shows, read at one moment (one REPEATABLE READ snapshot).
 
     counts: {(provider, status): {"hour": n, "day": n}}; per_minute: rows of minute, events,
-    failed for the last ``minutes`` whole minutes and the current one; failed: the latest
+    failed for the last ``minutes`` minutes, the current one included; failed: the latest
     ``failures`` failed messages; now, and the quarantine and dead-letter counts.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
