@@ -30,6 +30,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         },
         "MAX_BODY_BYTES": int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         "RETRY_AFTER_SECONDS": int(env.get("RETRY_AFTER_SECONDS", "5")),
+        "STATUS_PAGE_CACHE_SECONDS": float(env.get("STATUS_PAGE_CACHE_SECONDS", "10")),
     }
 
 
@@ -38,5 +39,5 @@ def check_config(config: Mapping[str, Any]) -> None:
     if not config["API_TOKEN"]:
         raise RuntimeError(
             "API_TOKEN is not set: set it to a long random string; it guards the read API "
-            "(GET /messages/...). `make run` generates one in var/secrets.env."
+            "(GET /messages/..., the status page). `make run` generates one in var/secrets.env."
         )

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -275,3 +277,30 @@ def test_the_charts_top_is_a_round_number(value, ceiling):
 )
 def test_durations_read_as_a_person_would(seconds, text):
     assert status_page.duration(seconds) == text
+
+
+def test_one_read_serves_every_view_for_the_cache_interval(database_url, redis_url, db, broker):
+    cached = make_app(database_url, redis_url).test_client()  # STATUS_PAGE_CACHE_SECONDS=10
+    fresh = make_app(database_url, redis_url, STATUS_PAGE_CACHE_SECONDS=0).test_client()
+    for client in (cached, fresh):
+        assert card(client.get("/", headers=BEARER).text, "failed")[1] == "0"
+    apply(db, event("late", "failed"))
+    assert card(cached.get("/", headers=BEARER).text, "failed")[1] == "0"
+    assert card(fresh.get("/", headers=BEARER).text, "failed")[1] == "1"
+
+
+def test_counts_that_take_too_long_are_cancelled_and_the_page_says_so(
+    client, database_url, monkeypatch
+):
+    monkeypatch.setattr(status_page, "QUERY_TIMEOUT_MS", 300)
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE quarantine IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        response = client.get("/", headers=BEARER)
+        waited = time.monotonic() - started
+    assert response.status_code == 200
+    assert "PostgreSQL: too slow to answer (over 0.3 s)" in response.text
+    assert waited < 5
+    # The connection went back to the pool without the timeout.
+    with status_page.get_pool().connection() as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"

@@ -308,16 +308,22 @@ def fetch_message(
 
 
 def fetch_overview(
-    conn: psycopg.Connection, minutes: int = 60, failures: int = 20
+    conn: psycopg.Connection,
+    minutes: int = 60,
+    failures: int = 20,
+    timeout_ms: int | None = None,
 ) -> dict[str, Any]:
     """Return what the status page shows, read at one moment (one REPEATABLE READ snapshot).
 
     counts: {(provider, status): {"hour": n, "day": n}}; per_minute: rows of minute, events,
     failed for the last ``minutes`` minutes, the current one included; failed: the latest
     ``failures`` failed messages; now, and the quarantine and dead-letter counts.
+    With ``timeout_ms``, a statement running longer is cancelled (QueryCanceled).
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        if timeout_ms is not None:
+            cur.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         overview = cur.execute(BACKLOG_COUNTS).fetchone() or {}
         overview["counts"] = {
             (row["provider"], row["status"]): {"hour": row["hour"], "day": row["day"]}
