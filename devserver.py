@@ -77,7 +77,7 @@ def print_banner() -> None:
     """Print the URLs to paste into each provider's panel, and the API token."""
     port = os.environ["PORT"]
     base = os.environ.get("PUBLIC_URL", f"http://localhost:{port}").rstrip("/")
-    log(f"web:     http://localhost:{port}   (GET /readyz)")
+    log(f"web:     http://localhost:{port}/   (status page: any user name, API_TOKEN as password)")
     for var, provider in zip(TOKEN_VARS, ("zapi", "greenapi", "plug"), strict=True):
         token = os.environ[var].split(",")[0].strip()
         log(f"{provider:8} webhook URL: {base}/webhooks/{provider}/{token}")

@@ -54,6 +54,7 @@ SECURITY_HEADERS = {
 # The chart, in SVG user units: the bars are drawn between CHART_TOP and CHART_HEIGHT -
 # CHART_BOTTOM (room for the time labels), right of CHART_LEFT (room for the scale).
 CHART_WIDTH, CHART_HEIGHT, CHART_TOP, CHART_LEFT, CHART_BOTTOM = 720, 190, 10, 44, 22
+MIN_BAR = 2.0
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,14 @@ class Chart:
 
 
 def nice_ceiling(value: int) -> int:
-    """Round up to 1, 2 or 5 times a power of ten (the chart's top), at least 1."""
+    """Round up to a round number (1, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten, at
+    least 1): the chart's top, so its busiest bar fills most of the height."""
     if value <= 1:
         return 1
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
+    for step in (1, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if value <= step * power:
-            return step * power
+            return math.ceil(step * power)
     return 10 * power  # pragma: no cover - the loop always returns
 
 
@@ -105,8 +107,9 @@ def throughput_chart(rows: list[dict[str, Any]], now: datetime, minutes: int = M
     slot = plot_width / minutes
     bars = []
     for i, (minute, (events, failed)) in enumerate(zip(slots, counts, strict=True)):
-        height = plot_height * events / top
-        failed_height = plot_height * failed / top
+        # A minute with any event or failure stays visible beside the busiest.
+        height = max(plot_height * events / top, MIN_BAR if events else 0)
+        failed_height = max(plot_height * failed / top, MIN_BAR if failed else 0)
         bars.append(
             Bar(
                 x=round(CHART_LEFT + i * slot + 1, 2),

@@ -256,7 +256,7 @@ def test_the_chart_fills_quiet_minutes_and_scales_to_the_busiest():
     chart = status_page.throughput_chart(rows, NOW)
     assert len(chart.bars) == 60
     assert (chart.total, chart.failed) == (49, 3)  # 60 minutes ago is outside the chart
-    assert [value for _, value in chart.ticks] == [0, 25, 50]
+    assert [value for _, value in chart.ticks] == [0, 20, 40]
     assert chart.bars[57].title == "15:28 UTC: 37 events, 3 failed"
     assert chart.bars[59].title == "15:30 UTC: 12 events, 0 failed"
     assert chart.bars[58].height == 0
@@ -264,9 +264,16 @@ def test_the_chart_fills_quiet_minutes_and_scales_to_the_busiest():
     assert [label for _, label in chart.labels] == ["14:31", "15:01", "15:30"]
 
 
+def test_one_failure_among_thousands_of_events_still_shows():
+    rows = [{"minute": NOW.replace(second=0), "events": 4000, "failed": 1}]
+    bar = status_page.throughput_chart(rows, NOW).bars[-1]
+    assert bar.failed_height >= status_page.MIN_BAR
+    assert bar.failed_y + bar.failed_height == bar.y + bar.height  # on the bar's foot
+
+
 @pytest.mark.parametrize(
     ("value", "ceiling"),
-    [(0, 1), (1, 1), (2, 2), (3, 5), (7, 10), (10, 10), (11, 20), (4001, 5000)],
+    [(0, 1), (1, 1), (2, 2), (3, 3), (7, 8), (9, 10), (11, 20), (21, 25), (2087, 2500)],
 )
 def test_the_charts_top_is_a_round_number(value, ceiling):
     assert status_page.nice_ceiling(value) == ceiling
