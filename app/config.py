@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,18 @@ def split_tokens(value: str | None) -> tuple[str, ...]:
     return tuple(token.strip() for token in (value or "").split(",") if token.strip())
 
 
+def seconds(env: Mapping[str, str], name: str, default: str) -> float:
+    """Return a setting that is a number of seconds, from 0 to a day, or fail naming it."""
+    raw = env.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 86400:  # NaN fails too
+        raise RuntimeError(f"{name} must be a number of seconds from 0 to 86400, not {raw!r}")
+    return value
+
+
 def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Return the app's settings from environment variables."""
     return {
@@ -30,7 +43,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         },
         "MAX_BODY_BYTES": int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         "RETRY_AFTER_SECONDS": int(env.get("RETRY_AFTER_SECONDS", "5")),
-        "STATUS_PAGE_CACHE_SECONDS": float(env.get("STATUS_PAGE_CACHE_SECONDS", "10")),
+        "STATUS_PAGE_CACHE_SECONDS": seconds(env, "STATUS_PAGE_CACHE_SECONDS", "10"),
     }
 
 

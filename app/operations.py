@@ -67,7 +67,7 @@ def list_quarantine() -> Response:
     """Quarantined bodies, oldest first: pending ones (neither replayed nor discarded) or all."""
     require_api_token()
     pending, limit = listing_args()
-    with get_pool().connection() as conn:
+    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
         rows = store.fetch_quarantine(conn, pending=pending, limit=limit)
     return jsonify(items=[quarantine_summary(row) for row in rows])
 
@@ -76,7 +76,7 @@ def list_quarantine() -> Response:
 def show_quarantine(item_id: int) -> Response:
     """One quarantined body, raw."""
     require_api_token()
-    with get_pool().connection() as conn:
+    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
         rows = store.fetch_quarantine(conn, item_id=item_id)
     if not rows:
         raise ApiError(404, "no such quarantined body")
@@ -91,7 +91,7 @@ def list_dead_letters() -> Response:
     """Dead letters, oldest first: pending ones (never replayed) or all."""
     require_api_token()
     pending, limit = listing_args()
-    with get_pool().connection() as conn:
+    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
         rows = store.fetch_dead_letters(conn, pending=pending, limit=limit)
     return jsonify(items=[letter_summary(row) for row in rows])
 
@@ -100,7 +100,7 @@ def list_dead_letters() -> Response:
 def show_dead_letter(letter_id: int) -> Response:
     """One dead letter, with its task payload."""
     require_api_token()
-    with get_pool().connection() as conn:
+    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
         rows = store.fetch_dead_letters(conn, letter_id=letter_id)
     if not rows:
         raise ApiError(404, "no such dead letter")

@@ -77,6 +77,7 @@ class Chart:
     labels: list[tuple[float, str]]  # (x, time) under the bars
     total: int
     failed: int
+    span_minutes: float  # how long the bars cover: 59 whole minutes and the running one
 
 
 def nice_ceiling(value: int) -> int:
@@ -133,6 +134,7 @@ def throughput_chart(rows: list[dict[str, Any]], now: datetime, minutes: int = M
         labels=labels,
         total=sum(events for events, _ in counts),
         failed=sum(failed for _, failed in counts),
+        span_minutes=minutes - 1 + (now - current).total_seconds() / 60,
     )
 
 
@@ -170,7 +172,7 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
     if kept is not None and time.monotonic() - kept[0] < current_app.config[CACHE_SETTING]:
         return kept[1], None
     try:
-        with get_pool().connection() as conn:
+        with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
             overview = store.fetch_overview(
                 conn, minutes=MINUTES, failures=FAILURES_SHOWN, timeout_ms=QUERY_TIMEOUT_MS
             )

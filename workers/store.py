@@ -129,12 +129,16 @@ ORDER BY occurred_at, id
 
 # The status page. "Reached" counts each message once per status it reached in the window
 # (status_events holds one row per message and status); a failure counts only when believed.
+# The hour is the chart's: the 60 minutes up to now, the running one included (from hh:mm:00
+# 59 minutes ago). The day is 24 hours ('1 day' would follow the session's daylight saving).
+# failed_at is always set on a failed message, so the index on failed_at DESC serves the sort.
 STATUS_COUNTS = """
 SELECT provider, status,
-       count(*) FILTER (WHERE created_at >= now() - interval '1 hour') AS hour,
+       count(*) FILTER (WHERE created_at >= date_trunc('minute', now()) - interval '59 minutes')
+           AS hour,
        count(*) AS day
 FROM status_events
-WHERE created_at >= now() - interval '1 day'
+WHERE created_at >= now() - interval '24 hours'
   AND status <> 'read_by_me' AND (applied OR status <> 'failed')
 GROUP BY provider, status
 """
@@ -151,7 +155,7 @@ GROUP BY 1
 LATEST_FAILED = """
 SELECT provider, message_id, phone, failed_at, failure_reason
 FROM messages WHERE status = 'failed'
-ORDER BY failed_at DESC NULLS LAST
+ORDER BY failed_at DESC
 LIMIT %(limit)s
 """
 
@@ -160,10 +164,10 @@ SELECT now() AS now,
        (SELECT count(*) FROM quarantine
         WHERE replayed_at IS NULL AND discarded_at IS NULL) AS quarantine_pending,
        (SELECT count(*) FROM quarantine
-        WHERE received_at >= now() - interval '1 day') AS quarantine_day,
+        WHERE received_at >= now() - interval '24 hours') AS quarantine_day,
        (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dead_letters_pending,
        (SELECT count(*) FROM dead_letters
-        WHERE created_at >= now() - interval '1 day') AS dead_letters_day
+        WHERE created_at >= now() - interval '24 hours') AS dead_letters_day
 """
 
 
