@@ -202,12 +202,13 @@ def page_context() -> dict[str, Any]:
         "now": datetime.now(UTC),
     }
     if overview is not None:
+        now = overview["now"].astimezone(UTC)  # the database's clock, for counts and chart alike
         context.update(
-            now=overview["now"].astimezone(UTC),
+            now=now,
             overview=overview,
             hour=count_table(overview["counts"], "hour"),
             day=count_table(overview["counts"], "day"),
-            chart=throughput_chart(overview["per_minute"], overview["now"].astimezone(UTC)),
+            chart=throughput_chart(overview["per_minute"], now),
             failed=[{**row, "phone": mask_phone(row["phone"])} for row in overview["failed"]],
         )
     return context

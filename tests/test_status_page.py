@@ -124,7 +124,7 @@ def test_counts_by_provider_and_status_over_the_hour_and_the_day(db):
     assert day["totals"] == [5, 1, 1, 1, 1]  # 5 hours ago: the day's; 25 hours: neither
 
 
-def test_the_throughput_rows_are_the_charts_sixty_minutes(db):
+def test_the_chart_and_the_hour_counts_cover_the_same_sixty_minutes(db):
     apply(db, event("first", "sent"), event("before", "sent"))
     for _attempt in range(2):  # again if a minute turned between the updates and the read
         [[minute]] = db.execute("SELECT date_trunc('minute', now())")
@@ -144,6 +144,8 @@ def test_the_throughput_rows_are_the_charts_sixty_minutes(db):
     assert [(row["minute"], row["events"]) for row in overview["per_minute"]] == [
         (minute - timedelta(minutes=59), 1)
     ]
+    # The table's "last hour" is the chart's window too.
+    assert overview["counts"][("zapi", "sent")] == {"hour": 1, "day": 2}
 
 
 def test_latest_failures_newest_first_with_their_reasons(db):

@@ -129,13 +129,15 @@ ORDER BY occurred_at, id
 
 # The status page. "Reached" counts each message once per status it reached in the window
 # (status_events holds one row per message and status); a failure counts only when believed.
-# The hour is the chart's: the 60 minutes up to now, the running one included (from hh:mm:00
-# 59 minutes ago). The day is 24 hours ('1 day' would follow the session's daylight saving).
+# The "hour" is the chart's: its ``minutes`` minutes up to now, the running one included (from
+# hh:mm:00 59 minutes ago for 60). The day is 24 hours ('1 day' would follow the session's
+# daylight saving).
 # failed_at is always set on a failed message, so the index on failed_at DESC serves the sort.
 STATUS_COUNTS = """
 SELECT provider, status,
-       count(*) FILTER (WHERE created_at >= date_trunc('minute', now()) - interval '59 minutes')
-           AS hour,
+       count(*) FILTER (
+           WHERE created_at >= date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute'
+       ) AS hour,
        count(*) AS day
 FROM status_events
 WHERE created_at >= now() - interval '24 hours'
@@ -331,7 +333,7 @@ def fetch_overview(
         overview = cur.execute(BACKLOG_COUNTS).fetchone() or {}
         overview["counts"] = {
             (row["provider"], row["status"]): {"hour": row["hour"], "day": row["day"]}
-            for row in cur.execute(STATUS_COUNTS)
+            for row in cur.execute(STATUS_COUNTS, {"minutes": minutes})
         }
         overview["per_minute"] = cur.execute(EVENTS_PER_MINUTE, {"minutes": minutes}).fetchall()
         overview["failed"] = cur.execute(LATEST_FAILED, {"limit": failures}).fetchall()
