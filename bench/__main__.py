@@ -6,6 +6,9 @@
    Ticks' worker settings (Celery's ceiling) and the naive pipeline (bench/naive.py).
 3. End to end: callbacks at a steady BENCH_RATE per second, from the endpoint's 200 to the row.
 4. Memory: peak RSS of a web process and of a worker (main process and pool) under load.
+5. Status page: GET / (uncached) over BENCH_STATUS_EVENTS events recorded in the last 48 hours,
+   against a bare count of the last 24 hours' events; and migration 004's indexes built on
+   that data, against one full scan of the events.
 Servers are embedded (a temporary PostgreSQL and Redis with AOF), like `make run`'s.
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from embedded import EmbeddedPostgres, EmbeddedRedis
 from workers.migrate import migrate
@@ -38,7 +42,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "300"))
-ONLY = os.environ.get("BENCH_ONLY", "ingest,drain,end_to_end").split(",")
+STATUS_EVENTS = int(os.environ.get("BENCH_STATUS_EVENTS", "3000000"))
+ONLY = os.environ.get("BENCH_ONLY", "ingest,drain,end_to_end,status_page").split(",")
 TOKEN = "bench-token"
 WORKER_CONCURRENCY = "2"
 WEB_APP = "app:create_app()"
@@ -448,12 +453,116 @@ def bench_end_to_end(
     return result
 
 
+# Three statuses for each of STATUS_EVENTS / 3 messages, spread evenly over 48 hours up to
+# now and inserted in time order (as workers record them); one message in 50 failed.
+FILL_MESSAGES = """
+INSERT INTO messages (provider, message_id, status, phone, failed_at, failure_reason, created_at)
+SELECT (ARRAY['zapi', 'greenapi', 'plug'])[1 + i %% 3], 'M' || i,
+       CASE WHEN i %% 50 = 0 THEN 'failed' ELSE (ARRAY['sent', 'received', 'read'])[1 + i %% 3] END,
+       '5511999' || i,
+       CASE WHEN i %% 50 = 0 THEN now() - (%(n)s - i) * %(step)s * interval '1 second' END,
+       CASE WHEN i %% 50 = 0 THEN 'failed: bench' END,
+       now() - (%(n)s - i) * %(step)s * interval '1 second'
+FROM generate_series(1, %(n)s) i
+"""
+FILL_EVENTS = """
+INSERT INTO status_events (provider, message_id, status, raw_status, occurred_at, received_at,
+                           applied, created_at)
+SELECT m.provider, m.message_id, s.status, s.status, m.created_at, m.created_at, true,
+       m.created_at + s.n * interval '1 second'
+FROM messages m CROSS JOIN LATERAL (VALUES ('sent', 0), ('received', 1), ('read', 2)) s(status, n)
+ORDER BY m.created_at
+"""
+DAY_COUNT = "SELECT count(*) FROM status_events WHERE created_at >= now() - interval '24 hours'"
+FULL_SCAN = "SELECT count(*) FROM status_events"
+STATUS_INDEXES = ("status_events_created_brin", "messages_failed", "dead_letters_pending")
+
+
+def median_ms(run, times: int = 7) -> float:
+    """The median time of ``times`` runs of ``run()``, in ms, after one to warm up."""
+    run()
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) * 1000)
+    return round(sorted(samples)[times // 2], 1)
+
+
+def bench_status_page(
+    env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
+) -> dict[str, Any]:
+    from app import create_app  # the app reads its settings when created
+
+    messages = STATUS_EVENTS // 3
+    log(f"status page: recording {messages * 3} events over 48 hours")
+    # A database of its own: the other parts' rows would mix with these.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "ticks_status_page"')
+    database_url = make_conninfo(database_url, dbname="ticks_status_page")
+    migrate(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(FILL_MESSAGES, {"n": messages, "step": 172800 / messages})
+        conn.execute(FILL_EVENTS)
+        conn.execute("VACUUM ANALYZE")
+        [day_events] = conn.execute(DAY_COUNT).fetchone() or [0]
+        count_ms = median_ms(lambda: conn.execute(DAY_COUNT).fetchone())
+        scan_ms = median_ms(lambda: conn.execute(FULL_SCAN).fetchone())
+        migration = (ROOT / "migrations" / "004_status_page.sql").read_text()
+
+        def rebuild() -> None:
+            with conn.transaction():
+                for index in STATUS_INDEXES:
+                    conn.execute(f"DROP INDEX {index}")
+            started = time.perf_counter()
+            with conn.transaction():
+                conn.execute(migration)
+            rebuilds.append((time.perf_counter() - started) * 1000)
+
+        rebuilds: list[float] = []
+        for _ in range(3):
+            rebuild()
+    app = create_app(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": env["REDIS_URL"],
+            "API_TOKEN": env["API_TOKEN"],
+            "STATUS_PAGE_CACHE_SECONDS": 0,
+        }
+    )
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {env['API_TOKEN']}"}
+
+    def view() -> None:
+        response = client.get("/", headers=auth)
+        if response.status_code != 200 or "did not answer" in response.text:
+            raise SystemExit(f"bench: the status page failed: {response.status_code}")
+
+    page_ms = median_ms(view)
+    result = {
+        "events": messages * 3,
+        "events_24h": day_events,
+        "page_ms": page_ms,
+        "count_24h_ms": count_ms,
+        "ratio": round(page_ms / count_ms, 2),
+        "migration_ms": round(sorted(rebuilds)[1], 1),
+        "full_scan_ms": scan_ms,
+        "migration_ratio": round(sorted(rebuilds)[1] / scan_ms, 2),
+    }
+    log(
+        f"status page: {page_ms} ms (count of the day's events {count_ms} ms); "
+        f"migration 004 {result['migration_ms']} ms (full scan {scan_ms} ms)"
+    )
+    return result
+
+
 def rss(peaks: dict[str, float]) -> str:
     return f"{peaks['process']} ({peaks['total']})"
 
 
 def markdown(results: dict[str, Any]) -> str:
     ingest, drain, e2e = results["ingest"], results["drain"], results["end_to_end"]
+    status = results["status_page"]
     rows = [
         (
             "Ingest, callbacks/s (wrk, 16 connections)",
@@ -511,6 +620,21 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "<= 150 MB",
         ),
+        (
+            f"Status page, uncached, ms ({status['events_24h']} events in 24 h, "
+            f"{status['events']} in all)",
+            f"{status['page_ms']}",
+            f"count of the 24 h events {status['count_24h_ms']}",
+            f"{status['ratio']}x",
+            "",
+        ),
+        (
+            "Migration 004 on those events, ms (writes wait this long)",
+            f"{status['migration_ms']}",
+            f"one full scan {status['full_scan_ms']}",
+            f"{status['migration_ratio']}x",
+            "",
+        ),
     ]
     lines = ["| Measure | Ticks | Reference | Ratio | Target |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
@@ -545,7 +669,12 @@ def main() -> int:
             "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
             "backlog": BACKLOG,
         }
-        benches = {"ingest": bench_ingest, "drain": bench_drain, "end_to_end": bench_end_to_end}
+        benches = {
+            "ingest": bench_ingest,
+            "drain": bench_drain,
+            "end_to_end": bench_end_to_end,
+            "status_page": bench_status_page,
+        }
         for name, bench in benches.items():
             if name in ONLY:
                 results[name] = bench(env, database_url, broker, tmp)
