@@ -475,7 +475,7 @@ ORDER BY m.created_at
 """
 DAY_COUNT = "SELECT count(*) FROM status_events WHERE created_at >= now() - interval '24 hours'"
 FULL_SCAN = "SELECT count(*) FROM status_events"
-STATUS_INDEXES = ("status_events_created_brin", "messages_failed", "dead_letters_pending")
+STATUS_INDEXES = ("status_events_created_brin", "status_events_failed", "dead_letters_pending")
 
 
 def median_ms(run, times: int = 7) -> float:

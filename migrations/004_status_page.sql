@@ -4,7 +4,9 @@
 -- status_events is appended in time order: a BRIN index on created_at is a few pages and
 -- costs the hot insert path next to nothing, yet finds the last hour or day of events.
 CREATE INDEX status_events_created_brin ON status_events USING brin (created_at);
--- The latest failures, newest first.
-CREATE INDEX messages_failed ON messages (failed_at DESC) WHERE status = 'failed';
+-- The latest failures, newest first: on the insert-only history, not on messages, whose
+-- updates stay HOT (an index on a column they change would cost every status update).
+CREATE INDEX status_events_failed ON status_events (created_at DESC)
+    WHERE status = 'failed' AND applied;
 -- Pending dead letters, counted on every page view.
 CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at IS NULL;

@@ -148,12 +148,19 @@ def test_the_chart_and_the_hour_counts_cover_the_same_sixty_minutes(db):
     assert overview["counts"][("zapi", "sent")] == {"hour": 1, "day": 2}
 
 
-def test_latest_failures_newest_first_with_their_reasons(db):
+def test_latest_failures_newest_recorded_first_with_their_reasons(db):
     for n in range(25):
         apply(db, event(f"f{n}", "failed", occurred_at=NOW + timedelta(minutes=n)))
+    # Recorded last, though the provider dated it earliest: it is the latest Ticks learnt of.
+    apply(db, event("late-news", "failed", occurred_at=NOW - timedelta(days=1)))
+    # Not a failure: it came after a read (the message stays read).
+    apply(db, event("r1", "read"), event("r1", "failed"))
     failed = store.fetch_overview(db, failures=20)["failed"]
-    assert [row["message_id"] for row in failed] == [f"f{n}" for n in range(24, 4, -1)]
+    assert [row["message_id"] for row in failed] == ["late-news"] + [
+        f"f{n}" for n in range(24, 5, -1)
+    ]
     assert failed[0]["failure_reason"] == "failed: noAccount"
+    assert failed[0]["failed_at"] == NOW - timedelta(days=1)
 
 
 def test_the_page_masks_phones_and_escapes_what_providers_wrote(client, db):
@@ -340,5 +347,5 @@ def test_the_latest_failures_are_read_from_their_index_without_a_sort(db):
         plan = "\n".join(
             row[0] for row in db.execute("EXPLAIN " + store.LATEST_FAILED, {"limit": 20})
         )
-    assert "messages_failed" in plan, plan
+    assert "status_events_failed" in plan, plan
     assert "Sort" not in plan, plan

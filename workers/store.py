@@ -132,7 +132,8 @@ ORDER BY occurred_at, id
 # The "hour" is the chart's: its ``minutes`` minutes up to now, the running one included (from
 # hh:mm:00 59 minutes ago for 60). The day is 24 hours ('1 day' would follow the session's
 # daylight saving).
-# failed_at is always set on a failed message, so the index on failed_at DESC serves the sort.
+# The latest failures are those most recently recorded: a failure applied made its message
+# failed for good, and the history's partial index serves the order.
 STATUS_COUNTS = """
 SELECT provider, status,
        count(*) FILTER (
@@ -155,9 +156,10 @@ GROUP BY 1
 """
 
 LATEST_FAILED = """
-SELECT provider, message_id, phone, failed_at, failure_reason
-FROM messages WHERE status = 'failed'
-ORDER BY failed_at DESC
+SELECT m.provider, m.message_id, m.phone, m.failed_at, m.failure_reason
+FROM status_events e JOIN messages m USING (provider, message_id)
+WHERE e.status = 'failed' AND e.applied
+ORDER BY e.created_at DESC
 LIMIT %(limit)s
 """
 
