@@ -9,6 +9,8 @@
 5. Status page: GET / (uncached) over BENCH_STATUS_EVENTS events recorded in the last 48 hours,
    against a bare count of the last 24 hours' events; and migration 004's indexes built on
    that data, against one full scan of the events.
+Only with BENCH_ONLY=indexes: the store's apply rate with migration 004's indexes, against
+the same without them (what the status page costs the hot path).
 Servers are embedded (a temporary PostgreSQL and Redis with AOF), like `make run`'s.
 """
 
@@ -556,6 +558,62 @@ def bench_status_page(
     return result
 
 
+def bench_indexes(
+    env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
+) -> dict[str, Any]:
+    """What migration 004's indexes cost the hot path: the store applying batches of events
+    (in this process, one connection) with them, against the same without them, in
+    alternating fresh databases, five rounds."""
+    import statistics
+
+    from schemas.events import StatusEvent
+    from workers import store
+
+    moment = datetime(2026, 11, 1, tzinfo=UTC)
+    statuses = ("sent", "received", "read", "failed")
+
+    def apply_rate(url: str, batches: int = 300, size: int = 100) -> float:
+        with psycopg.connect(url) as conn:
+            started = time.perf_counter()
+            for b in range(batches):
+                events = [
+                    StatusEvent(
+                        provider="zapi",
+                        message_id=f"m{b}-{i // 4}",
+                        status=statuses[(i + b) % 4],
+                        raw_status="X",
+                        occurred_at=moment,
+                        received_at=moment,
+                        phone="5511987654321",
+                        failure_reason=None,
+                    )
+                    for i in range(size)
+                ]
+                with conn.transaction():
+                    store.apply_events(conn, events)
+            return batches * size / (time.perf_counter() - started)
+
+    rates: dict[str, list[float]] = {"with": [], "without": []}
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        for round_ in range(5):
+            for variant in rates:
+                name = f"ticks_indexes_{variant}_{round_}"
+                admin.execute(f'CREATE DATABASE "{name}"')
+                url = make_conninfo(database_url, dbname=name)
+                migrate(url)
+                if variant == "without":
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        for index in STATUS_INDEXES:
+                            conn.execute(f"DROP INDEX {index}")
+                rates[variant].append(apply_rate(url))
+                admin.execute(f'DROP DATABASE "{name}"')
+    with_, without = (round(statistics.median(rates[v])) for v in ("with", "without"))
+    result = {"with_per_second": with_, "without_per_second": without}
+    result["ratio"] = round(with_ / without, 3)
+    log(f"store apply with 004's indexes: {with_}/s, without: {without}/s")
+    return result
+
+
 def rss(peaks: dict[str, float]) -> str:
     return f"{peaks['process']} ({peaks['total']})"
 
@@ -675,7 +733,9 @@ def main() -> int:
             "end_to_end": bench_end_to_end,
             "status_page": bench_status_page,
         }
-        for name, bench in benches.items():
+        # Run only when named in BENCH_ONLY, and then printed, not kept.
+        extras = {"indexes": bench_indexes}
+        for name, bench in {**benches, **extras}.items():
             if name in ONLY:
                 results[name] = bench(env, database_url, broker, tmp)
     if set(ONLY) != set(benches):  # a partial run: shown, not kept as the latest table
