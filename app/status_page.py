@@ -164,7 +164,7 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
     """Return (overview, None), or (None, why) when PostgreSQL does not answer.
 
     An overview is reused for STATUS_PAGE_CACHE_SECONDS by this process: its counts scan the
-    day's events (about half a second for 1.5 million), and every open page refreshes itself,
+    day's events (about 0.35 s for 1.5 million in `make bench`), and every open page refreshes,
     so many viewers cost the database one read per interval, not one each.
     """
     cache = current_app.extensions.setdefault(CACHE, {})

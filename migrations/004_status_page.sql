@@ -1,6 +1,6 @@
 -- What the status page at / reads, without scanning whole tables. Built in the migration's
--- transaction, so writes to each table wait while its index builds (0.7 s for 3 million events,
--- 0.13 s for 1 million messages, measured); only workers write, the endpoint keeps accepting.
+-- transaction, so writes to each table wait while its index builds (0.56 s for 3 million
+-- events in `make bench`); only workers write, the endpoint keeps accepting.
 -- status_events is appended in time order: a BRIN index on created_at is a few pages and
 -- costs the hot insert path next to nothing, yet finds the last hour or day of events.
 CREATE INDEX status_events_created_brin ON status_events USING brin (created_at);
