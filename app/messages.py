@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from psycopg_pool import PoolTimeout
 
 from app.auth import require_api_token
+from app.database import pool
 from app.errors import ApiError
 from schemas.events import MAX_ID_LENGTH
 from workers import store
-from workers.db import get_pool
 
 bp = Blueprint("messages", __name__)
 
@@ -37,7 +37,7 @@ def show(provider: str, message_id: str) -> Response:
     if not storable_id(message_id):
         raise ApiError(404, "message not found")
     try:
-        with get_pool(current_app.config["DATABASE_URL"]).connection(timeout=5) as conn:
+        with pool().connection(timeout=5) as conn:
             message = store.fetch_message(conn, provider, message_id)
     except (psycopg.OperationalError, PoolTimeout):
         raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None

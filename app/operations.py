@@ -16,13 +16,13 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from app.auth import require_api_token
+from app.database import pool
 from app.errors import ApiError
 from app.queue import EXTENSION, QueueUnavailable, send
 from app.webhooks import PARSERS
 from schemas.events import dump_events
 from workers import deadletters, store
 from workers.celery_app import APPLY_EVENTS
-from workers.db import get_pool
 
 bp = Blueprint("operations", __name__)
 MAX_LIMIT = 1000
@@ -67,7 +67,7 @@ def list_quarantine() -> Response:
     """Quarantined bodies, oldest first: pending ones (neither replayed nor discarded) or all."""
     require_api_token()
     pending, limit = listing_args()
-    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
+    with pool().connection() as conn:
         rows = store.fetch_quarantine(conn, pending=pending, limit=limit)
     return jsonify(items=[quarantine_summary(row) for row in rows])
 
@@ -76,7 +76,7 @@ def list_quarantine() -> Response:
 def show_quarantine(item_id: int) -> Response:
     """One quarantined body, raw."""
     require_api_token()
-    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
+    with pool().connection() as conn:
         rows = store.fetch_quarantine(conn, item_id=item_id)
     if not rows:
         raise ApiError(404, "no such quarantined body")
@@ -91,7 +91,7 @@ def list_dead_letters() -> Response:
     """Dead letters, oldest first: pending ones (never replayed) or all."""
     require_api_token()
     pending, limit = listing_args()
-    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
+    with pool().connection() as conn:
         rows = store.fetch_dead_letters(conn, pending=pending, limit=limit)
     return jsonify(items=[letter_summary(row) for row in rows])
 
@@ -100,7 +100,7 @@ def list_dead_letters() -> Response:
 def show_dead_letter(letter_id: int) -> Response:
     """One dead letter, with its task payload."""
     require_api_token()
-    with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
+    with pool().connection() as conn:
         rows = store.fetch_dead_letters(conn, letter_id=letter_id)
     if not rows:
         raise ApiError(404, "no such dead letter")

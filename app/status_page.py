@@ -20,10 +20,10 @@ from flask import Blueprint, Response, current_app, make_response, render_templa
 
 from app.auth import require_person
 from app.config import PROVIDERS
+from app.database import pool
 from app.metrics import QueueSnapshot, queue_snapshot
 from app.queue import EXTENSION
 from workers import store
-from workers.db import get_pool
 from workers.redact import mask_phone
 from workers.statuses import STATUSES
 
@@ -172,7 +172,7 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
     if kept is not None and time.monotonic() - kept[0] < current_app.config[CACHE_SETTING]:
         return kept[1], None
     try:
-        with get_pool(current_app.config["DATABASE_URL"]).connection() as conn:
+        with pool().connection() as conn:
             overview = store.fetch_overview(
                 conn, minutes=MINUTES, failures=FAILURES_SHOWN, timeout_ms=QUERY_TIMEOUT_MS
             )

@@ -235,7 +235,7 @@ def test_with_the_database_down_the_page_still_answers_and_says_so(client, monke
         open=True,
         kwargs={"connect_timeout": 1},
     )
-    monkeypatch.setattr(status_page, "get_pool", lambda _url: dead)
+    monkeypatch.setattr(status_page, "pool", lambda: dead)
     try:
         response = client.get("/", headers=BEARER)
     finally:
@@ -311,7 +311,7 @@ def test_counts_that_take_too_long_are_cancelled_and_the_page_says_so(
 ):
     monkeypatch.setattr(status_page, "QUERY_TIMEOUT_MS", 300)
     only = ConnectionPool(database_url, min_size=1, max_size=1, open=True)
-    monkeypatch.setattr(status_page, "get_pool", lambda _url: only)
+    monkeypatch.setattr(status_page, "pool", lambda: only)
     try:
         with psycopg.connect(database_url) as blocker:
             blocker.execute("LOCK TABLE quarantine IN ACCESS EXCLUSIVE MODE")
