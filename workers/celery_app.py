@@ -87,3 +87,6 @@ def setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
 
 app = make_celery(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
 app.conf.include = ["workers.tasks"]
+# Keeps the messages it holds when the broker connection drops, and hands them back once it
+# is back (workers/recovery.py).
+app.conf.worker_consumer = "workers.recovery:Consumer"

@@ -124,11 +124,13 @@ def lost(client: Any, queue: str, min_age: float) -> list[str]:
     return [task_id for task_id in candidates if task_id not in held]
 
 
-def sweep(app: Celery, queue: str, min_age: float, lock_seconds: int) -> int:
+def sweep(
+    app: Celery, queue: str, min_age: float, lock_seconds: int, lock_key: str = SWEEP_LOCK
+) -> int:
     """Publish again the messages the broker lost; return how many (one sweeper at a time)."""
     with app.pool.acquire(block=True, timeout=5) as conn:
         client = conn.default_channel.client
-        if not client.set(SWEEP_LOCK, "1", nx=True, ex=lock_seconds):
+        if not client.set(lock_key, "1", nx=True, ex=lock_seconds):
             return 0
         missing = lost(client, queue, min_age)
         for task_id in missing:

@@ -19,7 +19,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from psycopg_pool import PoolTimeout
 
 from schemas.events import StatusEvent, load_events
-from workers import ledger, store
+from workers import ledger, recovery, store
 from workers.celery_app import (
     APPLY_EVENTS,
     QUARANTINE,
@@ -240,6 +240,7 @@ class LedgerSweeper(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(LedgerSweeper)
+app.steps["consumer"].add(recovery.Recover)
 
 
 def count_applied(

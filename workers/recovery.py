@@ -1,0 +1,194 @@
+"""The worker's side of a broker that goes away and comes back.
+
+The failure this answers (issue 11): when Redis goes away while the worker holds messages,
+Celery 5.7's consumer calls ``connection.collect()`` and then ``connection.close()``. In
+``collect()``, kombu's Redis channel reads its pending BRPOP first; that read raises a
+connection error, so the channel is left open while ``collect()`` detaches its transport
+(``transport.client = None``). ``close()`` then closes the channel again, and its
+``QoS.restore_unacked_once()`` builds a new Redis pool from the detached transport:
+``AttributeError: 'NoneType' object has no attribute 'hostname'``, which is no connection
+error, so it escapes ``ignore_errors`` and the worker exits ("Unrecoverable error").
+Even when it did not crash, that restore ran against a Redis that was gone: the messages
+stayed in kombu's ``unacked`` hash until the visibility timeout (1 h) returned them.
+
+So the consumer here takes the held messages off the dying connection itself, before Celery
+closes it (nothing is left for kombu to restore), and hands them back once it is connected
+again: each is moved from ``unacked`` back to the queue in one transaction (kombu's own
+``restore_by_tag``); one already acknowledged or restored by someone else is left alone. If
+Redis came back empty (no persistence), the messages this worker held are published again
+from memory with their ledger entries. Then the in-flight ledger is swept for messages lost
+in the transport (taken off the queue, never recorded as held) within seconds, not after
+``TICKS_SWEEP_MIN_AGE``. Applying events is idempotent: nothing here applies anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, ClassVar
+
+import kombu.exceptions
+import redis.exceptions
+from celery import bootsteps
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.utils.json import dumps as json_dumps
+
+from workers import ledger
+from workers.celery_app import QUEUE
+
+log = logging.getLogger(__name__)
+
+# A key that only a Redis which kept its data has: gone after a restart means it came back empty.
+EPOCH_KEY = "ticks:broker-epoch"
+RECOVERY_LOCK = "ticks:inflight:recovering"
+# After a reconnection the ledger is swept at these delays (seconds), for messages published
+# at least RECOVERY_MIN_AGE seconds earlier: long enough for a live worker to have recorded
+# what it took off the queue as held, short enough that a broker restart costs seconds.
+RECOVERY_SWEEPS = (3.0, 15.0)
+RECOVERY_MIN_AGE = 2.0
+BROKER_ERRORS = (OSError, redis.exceptions.RedisError, kombu.exceptions.OperationalError)
+
+
+def take_held(connection: Any) -> list[Any]:
+    """Return the messages delivered and not acknowledged on ``connection``'s channels, and
+    empty their QoS so that closing the connection restores nothing (kombu privates: the
+    virtual transport's QoS keeps them in ``_delivered``, acknowledged ones in ``_dirty``)."""
+    channels: list[Any] = []
+    for channel in [connection._default_channel, *getattr(connection.transport, "channels", [])]:
+        if channel is not None and all(channel is not seen for seen in channels):
+            channels.append(channel)
+    held = []
+    for channel in channels:
+        qos = getattr(channel, "_qos", None)
+        if qos is None:
+            continue
+        qos._flush()  # forget the acknowledged ones
+        held.extend(qos._delivered.values())
+        qos._delivered.clear()
+        qos._delivered.restored = True  # restore_unacked_once() then has nothing to do
+    for message in held:
+        message.channel = HandedBack()
+    return held
+
+
+class HandedBack:
+    """The channel of a message taken off a lost connection.
+
+    A task still running when the connection dropped acknowledges (or rejects) its message
+    when it ends, on the channel it came from. That channel is closed and detached from its
+    transport: kombu would raise AttributeError there, which Celery does not expect and which
+    stops the worker. The message is handed back to the queue by this module instead, so its
+    acknowledgement has nothing left to do: the copy handed back is delivered again and
+    applied once more, which changes nothing.
+    """
+
+    no_ack_consumers = None
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        log.debug("ack of %s dropped: its message was handed back", delivery_tag)
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        log.debug("reject of %s dropped: its message was handed back", delivery_tag)
+
+
+def hand_back(client: Any, channel: Any, held: list[Any], epoch: bytes | None) -> tuple[int, int]:
+    """Requeue held messages after a reconnection; return (restored, republished).
+
+    A message still in ``unacked`` goes back to the queue (removed from ``unacked`` in the
+    same transaction). If Redis lost its data (its epoch key is gone), the messages held here
+    are published again from memory, with their ledger entries.
+    """
+    restored = republished = 0
+    emptied = epoch is not None and client.get(EPOCH_KEY) is None
+    for message in held:
+        tag = message.delivery_tag
+        if client.hexists(channel.qos.unacked_key, tag):
+            channel.qos.restore_by_tag(tag, client)
+            restored += 1
+        elif emptied:
+            republish(client, message)
+            republished += 1
+    return restored, republished
+
+
+def republish(client: Any, message: Any) -> None:
+    """Push a held message back on the queue as it was delivered, with its ledger entry."""
+    raw = dict(message._raw)
+    headers = raw.get("headers") or {}
+    args, _kwargs, _embed = message.decode()
+    pipe = client.pipeline(transaction=True)
+    ledger.record(pipe, headers.get("id", ""), headers.get("task", ""), args[0] if args else None)
+    headers["redelivered"] = True
+    pipe.lpush(QUEUE, json_dumps(raw))
+    pipe.execute()
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, which keeps what it holds when its broker connection is lost."""
+
+    held: list[Any]
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        held = take_held(self.connection) if self.connection is not None else []
+        self.held = [*getattr(self, "held", []), *held]
+        if held:
+            log.warning(
+                "broker connection lost holding %d messages: they go back to the queue "
+                "once it is back",
+                len(held),
+            )
+        super().on_connection_error_after_connected(exc)
+
+
+class Recover(bootsteps.StartStopStep):
+    """On every (re)connection: hand back what the lost connection held, then sweep soon."""
+
+    requires: ClassVar[tuple[str, ...]] = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timers: list[Any] = []
+        self.epoch: bytes | None = None  # set at the first connection
+
+    def start(self, c: Any) -> None:
+        first = self.epoch is None
+        client = c.connection.default_channel.client
+        try:
+            if first:
+                client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+                self.epoch = client.get(EPOCH_KEY)
+            held = getattr(c, "held", [])
+            if held:
+                restored, republished = hand_back(
+                    client, c.connection.default_channel, held, self.epoch
+                )
+                c.held = []
+                log.warning(
+                    "broker connection back: %d held messages requeued, %d published again "
+                    "(Redis came back empty)",
+                    restored,
+                    republished,
+                )
+            client.set(EPOCH_KEY, self.epoch or uuid.uuid4().hex, nx=True)
+        except BROKER_ERRORS as exc:
+            log.warning("could not hand back held messages yet: %s", exc)
+            return
+        if not first:
+            for delay in RECOVERY_SWEEPS:
+                self.timers.append(c.timer.call_after(delay, self.sweep, (c.app,), priority=10))
+
+    def sweep(self, app: Any) -> None:
+        try:
+            found = ledger.sweep(
+                app, QUEUE, RECOVERY_MIN_AGE, lock_seconds=1, lock_key=RECOVERY_LOCK
+            )
+        except BROKER_ERRORS as exc:
+            log.warning("ledger sweep after reconnection skipped: %s", exc)
+            return
+        if found:
+            log.warning("ledger sweep after reconnection: %d lost messages published again", found)
+
+    def stop(self, c: Any) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
