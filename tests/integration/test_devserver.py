@@ -90,6 +90,21 @@ class Devserver:
         return time.monotonic() - started
 
 
+def is_celery_worker(process: psutil.Process) -> bool:
+    """The worker's main process (not its pool's children, not its keeper)."""
+    try:
+        cmdline = process.cmdline()
+        parent = process.parent()
+    except psutil.NoSuchProcess:
+        return False
+    return (
+        "celery" in " ".join(cmdline[:3])
+        and "worker" in cmdline
+        and parent is not None
+        and "celery" not in " ".join(parent.cmdline()[:3])
+    )
+
+
 def test_start_serve_stop_restart(tmp_path):
     var = tmp_path / "var"
     server = Devserver(var, free_port(), free_port())
@@ -104,6 +119,9 @@ def test_start_serve_stop_restart(tmp_path):
 
         body = (FIXTURES / "zapi" / "seed_sent.json").read_bytes()
         path = zapi_url.split("localhost:", 1)[1].split("/", 1)[1]
+        # Flower hears task events only once it is listening: readiness is the web's alone.
+        flower = re.search(r"flower:\s+(\S+)", printed).group(1)
+        wait_for(lambda: http("GET", f"{flower}/api/workers")[0] == 200, timeout=30)
         posted = time.monotonic()
         assert http(
             "POST", f"{server.base}/{path}", body, {"Content-Type": "application/json"}
@@ -116,7 +134,6 @@ def test_start_serve_stop_restart(tmp_path):
         assert time.monotonic() - posted < 2
         assert message["status"] == "sent"
 
-        flower = re.search(r"flower:\s+(\S+)", printed).group(1)
         # The row is committed a moment before the worker reports the task done.
         wait_for(
             lambda: any(
@@ -156,6 +173,18 @@ def test_start_serve_stop_restart(tmp_path):
         with urllib.request.urlopen(f"{flower}/metrics", timeout=5) as response:
             flower_metrics = response.read().decode()
         assert re.search(r'flower_events_total\{[^}]*task="ticks.apply_events"', flower_metrics)
+
+        # A worker that dies is started again; the web keeps serving meanwhile.
+        worker = next(p for p in server.descendants() if is_celery_worker(p))
+        worker.kill()
+        wait_for(lambda: "worker exited on its own (killed by SIGKILL)" in server.output(), 10)
+        assert http("GET", f"{server.base}/healthz")[0] == 200
+        again_posted = body.replace(b"999999999999999999999", b"999999999999999999998")
+        assert http(
+            "POST", f"{server.base}/{path}", again_posted, {"Content-Type": "application/json"}
+        ) == (200, {"accepted": 1})
+        wait_for(lambda: http("GET", message_url[:-1] + "8", headers=auth)[0] == 200, timeout=60)
+        assert any(is_celery_worker(p) and p.pid != worker.pid for p in server.descendants())
     finally:
         children = server.descendants()
         took = server.stop()
