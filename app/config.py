@@ -19,15 +19,17 @@ def split_tokens(value: str | None) -> tuple[str, ...]:
     return tuple(token.strip() for token in (value or "").split(",") if token.strip())
 
 
-def seconds(env: Mapping[str, str], name: str, default: str) -> float:
-    """Return a setting that is a number of seconds, from 0 to a day, or fail naming it."""
+def seconds(
+    env: Mapping[str, str], name: str, default: str, most: float = 86400, unit: str = "seconds"
+) -> float:
+    """Return a setting that is a number (of seconds, from 0 to a day), or fail naming it."""
     raw = env.get(name, default)
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not 0 <= value <= 86400:  # NaN fails too
-        raise RuntimeError(f"{name} must be a number of seconds from 0 to 86400, not {raw!r}")
+    if not 0 <= value <= most:  # NaN fails too
+        raise RuntimeError(f"{name} must be a number of {unit} from 0 to {most:g}, not {raw!r}")
     return value
 
 
@@ -44,6 +46,9 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         "MAX_BODY_BYTES": int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         "RETRY_AFTER_SECONDS": int(env.get("RETRY_AFTER_SECONDS", "5")),
         "STATUS_PAGE_CACHE_SECONDS": seconds(env, "STATUS_PAGE_CACHE_SECONDS", "10"),
+        # How long a group of callbacks is held open for more while they arrive densely
+        # (app/queue.py). 0 publishes each request's callbacks at once.
+        "GROUP_LINGER_SECONDS": seconds(env, "GROUP_LINGER_MS", "20", 1000, "milliseconds") / 1000,
     }
 
 

@@ -38,7 +38,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let concurrent callbacks share one broker message (app/queue.py, GroupPublisher):
 # under a burst the endpoint publishes once for many callbacks instead of once for each.
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "8"))
+threads = int(os.environ.get("WEB_THREADS", "64"))
 # Green-API waits up to 180 s but Meta expects ~250 ms: a request that takes 30 s is a bug.
 timeout = 30
 graceful_timeout = 8

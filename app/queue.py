@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import socket
 import threading
 import time
@@ -39,6 +41,11 @@ BROKER_ERRORS = (
 PUBLISH_DEADLINE = 1.5
 MAX_BATCH_EVENTS = 500
 BATCHER = "ticks.batcher"
+# While callbacks arrive densely (on average more than one per linger window, in this
+# process), the publisher holds a group open this long for more before publishing it.
+DEFAULT_LINGER_SECONDS = 0.02
+# The smoothing of the mean interval between arrivals (exponential moving average).
+ARRIVAL_SMOOTHING = 0.2
 
 
 class QueueUnavailable(Exception):
@@ -50,68 +57,121 @@ class Pending:
     """One request's events, waiting to be published."""
 
     events: list[dict[str, Any]]
+    arrived: float = field(default_factory=time.monotonic)
     settled: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
 
 
 class GroupPublisher:
-    """Group commit: the events of concurrent requests go to the broker as one task message.
+    """Group commit: the events of many requests go to the broker as one task message.
 
-    Each request queues its events, then takes the publish lock; whoever holds it publishes
-    everything waiting (up to ``max_events`` events) as one message and marks each of those
-    requests published or failed. A request whose events another holder took only waits for
-    that holder's answer. Alone (gunicorn's sync worker, or a quiet moment) a request publishes
-    its own events, with no wait and no extra thread. Under a burst, one broker message and one
-    ledger entry carry many callbacks: the endpoint spends less per callback, and the workers
-    consume fewer messages and apply more events per transaction. No request is answered before
-    the message holding its events is on the broker.
+    Each request queues its events and waits; a publisher thread (one per process, started
+    on the first request) publishes everything waiting (up to ``max_events`` events) as one
+    message and marks each of those requests published or failed. No request is answered
+    before the message holding its events is on the broker; one not taken within its
+    deadline is withdrawn and refused, so it is never enqueued behind its 503.
+
+    While callbacks arrive densely (their mean interval in this process is under ``linger``)
+    the publisher keeps a group open until its oldest request has waited ``linger`` or the
+    group is full: at a steady rate a message then carries many callbacks, where it would
+    otherwise carry one and the workers would pay their whole per-message cost for each.
+    When arrivals are sparse, a request's events are published as soon as they arrive.
     """
 
-    def __init__(self, publish: Any, max_events: int = MAX_BATCH_EVENTS) -> None:
+    def __init__(
+        self,
+        publish: Any,
+        max_events: int = MAX_BATCH_EVENTS,
+        linger: float = DEFAULT_LINGER_SECONDS,
+    ) -> None:
         self.publish = publish  # publish(events, callbacks); raises QueueUnavailable
         self.max_events = max_events
+        self.linger = linger
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        """Start empty, without a publisher thread (at creation, and in a forked child)."""
         self.waiting: deque[Pending] = deque()
-        self.waiting_lock = threading.Lock()
-        self.publish_lock = threading.Lock()
+        self.waiting_events = 0
+        self.lock = threading.Lock()
+        self.arrival = threading.Condition(self.lock)
+        self.thread: threading.Thread | None = None
+        self.last_arrival = 0.0
+        self.mean_interval = math.inf
 
     def submit(self, events: list[dict[str, Any]], deadline: float = PUBLISH_DEADLINE) -> None:
         """Return once the events are on the broker; raise QueueUnavailable otherwise."""
         with ENQUEUE_SECONDS.time():
             self.wait_for_publish(events, deadline)
 
+    def dense(self) -> bool:
+        """True while callbacks arrive more often than once per linger window."""
+        return self.mean_interval < self.linger
+
     def wait_for_publish(self, events: list[dict[str, Any]], deadline: float) -> None:
-        """Queue the events and see them published, by this thread or another."""
+        """Queue the events and wait until the publisher has published them."""
         pending = Pending(events)
-        give_up_at = time.monotonic() + deadline
-        with self.waiting_lock:
+        with self.lock:
+            if self.last_arrival:
+                interval = pending.arrived - self.last_arrival
+                self.mean_interval = (
+                    interval
+                    if math.isinf(self.mean_interval)
+                    else ARRIVAL_SMOOTHING * interval + (1 - ARRIVAL_SMOOTHING) * self.mean_interval
+                )
+            self.last_arrival = pending.arrived
             self.waiting.append(pending)
-        while not pending.settled.is_set():
-            if self.publish_lock.acquire(timeout=max(give_up_at - time.monotonic(), 0)):
-                try:
-                    if not pending.settled.is_set():
-                        self.publish_waiting()
-                finally:
-                    self.publish_lock.release()
-                continue
-            with self.waiting_lock:
+            self.waiting_events += len(events)
+            # The publisher sleeps while nothing waits, and lingers over a group until it is
+            # full: only those two changes need to wake it.
+            if len(self.waiting) == 1 or self.waiting_events >= self.max_events:
+                self.arrival.notify()
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self.run, name="ticks-group-publisher", daemon=True
+                )
+                self.thread.start()
+        if not pending.settled.wait(deadline):
+            with self.lock:
                 if pending in self.waiting:  # nobody took it: it is not on the broker
                     self.waiting.remove(pending)
+                    self.waiting_events -= len(pending.events)
                     raise QueueUnavailable("timed out waiting for the broker")
-            # The holder took it; its publish is bounded by the broker timeouts.
+            # Taken: its publish is bounded by the broker timeouts.
             pending.settled.wait()
         if pending.error is not None:
             raise QueueUnavailable(pending.error)
 
-    def publish_waiting(self) -> None:
-        """Publish the oldest waiting requests' events as one message (publish lock held)."""
+    def run(self) -> None:
+        """The publisher thread: publish group after group, for the life of the process."""
+        while True:
+            self.publish_group(self.take_group())
+
+    def take_group(self) -> list[Pending]:
+        """Wait for requests; take the oldest, up to max_events events, lingering while dense."""
         batch: list[Pending] = []
         count = 0
-        with self.waiting_lock:
+        with self.lock:
+            while not self.waiting:
+                self.arrival.wait()
+            if self.dense():
+                close_at = self.waiting[0].arrived + self.linger
+                while self.waiting_events < self.max_events:
+                    remaining = close_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self.arrival.wait(remaining)
             while self.waiting and (
                 not batch or count + len(self.waiting[0].events) <= self.max_events
             ):
                 batch.append(self.waiting.popleft())
                 count += len(batch[-1].events)
+            self.waiting_events -= count
+        return batch
+
+    def publish_group(self, batch: list[Pending]) -> None:
+        """Publish requests' events as one message; settle each request, whatever happens."""
         BATCH_CALLBACKS.observe(len(batch))
         try:
             self.publish([event for item in batch for event in item.events], len(batch))
@@ -140,7 +200,8 @@ def init_queue(app: Flask) -> Celery:
     celery.conf.broker_connection_timeout = PUBLISH_SOCKET_TIMEOUT
     app.extensions[EXTENSION] = celery
     app.extensions[BATCHER] = GroupPublisher(
-        lambda events, callbacks: publish_events(celery, events, callbacks)
+        lambda events, callbacks: publish_events(celery, events, callbacks),
+        linger=app.config["GROUP_LINGER_SECONDS"],
     )
     return celery
 

@@ -137,3 +137,77 @@ def test_the_endpoint_answers_503_when_the_grouped_publish_fails(app, broker, mo
     assert response.status_code == 503
     assert response.json == {"error": "queue unavailable"}
     assert queued(broker) == []
+
+
+def paced_submits(publisher: GroupPublisher, rate: float, count: int) -> list[float]:
+    """Submit one-event requests at a fixed rate from a pool; return each one's wait (s)."""
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        started = time.monotonic()
+        publisher.submit([{"n": n}])
+        with lock:
+            waits.append(time.monotonic() - started)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        for n in range(count):
+            time.sleep(max(0.0, start + n / rate - time.monotonic()))
+            pool.submit(one, n)
+    return waits
+
+
+def test_at_a_steady_dense_rate_a_message_carries_many_callbacks():
+    """Requests that arrive one at a time, never overlapping, still share messages while
+    they arrive densely: the group stays open for the linger window."""
+    broker = SlowBroker(seconds=0.001)
+    publisher = GroupPublisher(broker, linger=0.01)
+    waits = paced_submits(publisher, rate=800, count=800)
+    published = sorted(e["n"] for events, _ in broker.messages for e in events)
+    assert published == list(range(800))
+    assert 800 / len(broker.messages) >= 4  # ~8 per 10 ms window at 800/s
+    assert sorted(waits)[len(waits) // 2] < 0.05
+
+
+def test_sparse_requests_are_published_at_once_without_lingering():
+    broker = SlowBroker(seconds=0)
+    publisher = GroupPublisher(broker, linger=0.15)
+    waits = paced_submits(publisher, rate=5, count=8)  # one every 0.2 s: sparse
+    assert not publisher.dense()
+    assert [callbacks for _, callbacks in broker.messages] == [1] * 8
+    assert max(waits) < 0.1  # none held for the 0.15 s linger
+
+
+def test_a_forked_process_starts_its_own_publisher():
+    """gunicorn forks its workers from a preloaded app: the child must not inherit the
+    parent's publisher thread state (a thread that does not exist there, a held lock)."""
+    import multiprocessing
+
+    broker = SlowBroker(seconds=0)
+    publisher = GroupPublisher(broker)
+    publisher.submit([{"n": "parent"}])
+    assert publisher.thread is not None
+    context = multiprocessing.get_context("fork")
+
+    def child(queue) -> None:
+        fresh = publisher.thread is None and not publisher.waiting
+        publisher.submit([{"n": "child"}], deadline=2)
+        queue.put((fresh, broker.messages[-1]))
+
+    results = context.Queue()
+    process = context.Process(target=child, args=(results,))
+    process.start()
+    fresh, last = results.get(timeout=10)
+    process.join(timeout=10)
+    assert fresh and last == ([{"n": "child"}], 1)
+
+
+def test_group_linger_setting_is_validated_naming_itself():
+    from app.config import load_config
+
+    assert load_config({"GROUP_LINGER_MS": "25"})["GROUP_LINGER_SECONDS"] == 0.025
+    assert load_config({})["GROUP_LINGER_SECONDS"] == 0.02
+    for value in ("-1", "soon", "5000"):
+        with pytest.raises(RuntimeError, match="GROUP_LINGER_MS must be a number of milli"):
+            load_config({"GROUP_LINGER_MS": value})
