@@ -5,6 +5,9 @@
 2. Drain: a backlog of BENCH_BACKLOG callbacks to committed rows, against a no-op task with
    Ticks' worker settings (Celery's ceiling) and the naive pipeline (bench/naive.py).
 3. End to end: callbacks at a steady BENCH_RATE per second, from the endpoint's 200 to the row.
+3b. Sustained: paced arrivals at fixed rates, stepping up until the pipeline falls behind, for
+   Ticks and the naive pipeline, against the bare endpoint's max (bench/sustained.py); and
+   Ticks' end-to-end latency at a light 50/s.
 4. Memory: peak RSS of a web process and of a worker (main process and pool) under load.
 5. Status page: GET / (uncached) over BENCH_STATUS_EVENTS events recorded in the last 48 hours,
    against a bare count of the last 24 hours' events; and migration 004's indexes built on
@@ -18,16 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,140 +36,29 @@ import psutil
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from bench.common import (
+    BACKLOG,
+    ONLY,
+    RATE,
+    RESULTS,
+    ROOT,
+    SECONDS,
+    STATUS_EVENTS,
+    TOKEN,
+    WEB_APP,
+    WORKER_OPTIONS,
+    RssPeak,
+    callback,
+    free_port,
+    http_ok,
+    log,
+    process,
+    wait_until,
+    wrk,
+)
+from bench.sustained import bench_sustained
 from embedded import EmbeddedPostgres, EmbeddedRedis
 from workers.migrate import migrate
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
-BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-RATE = int(os.environ.get("BENCH_RATE", "300"))
-STATUS_EVENTS = int(os.environ.get("BENCH_STATUS_EVENTS", "3000000"))
-ONLY = os.environ.get("BENCH_ONLY", "ingest,drain,end_to_end,status_page").split(",")
-TOKEN = "bench-token"
-WORKER_CONCURRENCY = "2"
-WEB_APP = "app:create_app()"
-# Every pipeline's worker runs with these (the Procfile's, quieter).
-WORKER_OPTIONS = [
-    "--pool",
-    "prefork",
-    "--concurrency",
-    WORKER_CONCURRENCY,
-    "--loglevel",
-    "WARNING",
-    "--without-gossip",
-    "--without-mingle",
-    "--without-heartbeat",
-]
-
-
-def log(message: str) -> None:
-    print(f"bench | {message}", flush=True)
-
-
-def callback(message_id: str, status: str = "SENT", offset: int = 0) -> dict[str, Any]:
-    return {
-        "status": status,
-        "ids": [message_id],
-        "momment": 1732280000000 + offset,
-        "phone": "5511987654321",
-        "type": "MessageStatusCallback",
-        "instanceId": "bench",
-    }
-
-
-class RssPeak:
-    """Sample the RSS of a process tree in the background; keep the peak of the largest
-    process and of the whole tree (a prefork worker is a main process and its pool)."""
-
-    def __init__(self, root: psutil.Process) -> None:
-        self.root, self.process_peak, self.total_peak = root, 0, 0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-        self.thread.start()
-
-    def sample(self) -> None:
-        while not self.stopped.wait(0.2):
-            try:
-                sizes = [p.memory_info().rss for p in [self.root, *self.root.children(True)]]
-            except psutil.Error:
-                continue
-            self.process_peak = max(self.process_peak, *sizes)
-            self.total_peak = max(self.total_peak, sum(sizes))
-
-    def stop(self) -> dict[str, float]:
-        """Stop sampling; return the peaks in MB."""
-        self.stopped.set()
-        self.thread.join()
-        return {
-            "process": round(self.process_peak / 2**20, 1),
-            "total": round(self.total_peak / 2**20, 1),
-        }
-
-
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log_path: Path):
-    """Run a process for the duration of a block, its output in a file."""
-    with log_path.open("w") as out:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def http_ok(url: str) -> bool:
-    """True when a server answers url with anything but a 5xx."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
-            return response.status < 500
-    except urllib.error.HTTPError as error:
-        return error.code < 500
-    except OSError:
-        return False
-
-
-def wrk(url: str, body: str, connections: int, rate: float | None, tmp: Path) -> dict[str, float]:
-    """Drive url with wrk; with ``rate``, each connection paces itself to share that rate."""
-    script = tmp / "post.lua"
-    delay = f"function delay() return {connections * 1000 / rate:.3f} end" if rate else ""
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
-        f'wrk.headers["Content-Type"] = "application/json"\n{delay}\n'
-    )
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{SECONDS}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": latency(out, "50%"),
-        "p99_ms": latency(out, "99%"),
-        "errors": int(non_2xx.group(1)) if non_2xx else 0,
-    }
-
-
-def latency(wrk_output: str, percentile: str) -> float:
-    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", wrk_output).groups()
-    return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
 
 
 def bench_ingest(
@@ -203,14 +92,6 @@ def bench_ingest(
         broker.client().flushdb()
     results["ratio"] = round(results["ticks"]["max"]["rps"] / results["bare"]["max"]["rps"], 3)
     return results
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 STATUSES = ["SENT", "RECEIVED", "READ", "PLAYED"]
@@ -694,6 +575,61 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ),
     ]
+    sustained = results["sustained"]
+    at = sustained["ticks"]["at_capacity"] or {}
+    naive_at = sustained["naive"]["at_capacity"] or {}
+    light = sustained["light"]
+    rows[0:0] = [
+        (
+            f"Sustained, callbacks/s held (paced arrivals, {sustained['step_seconds']} s a rate,"
+            f" up to {sustained['connections']} connections)",
+            f"{sustained['ticks']['capacity']:.0f}",
+            f"bare Flask max {sustained['bare_max']:.0f}",
+            f"{sustained['ratio_vs_bare']}x",
+            ">= 0.35x (aim 0.45x)",
+        ),
+        (
+            "Sustained against the naive pipeline",
+            f"{sustained['ticks']['capacity']:.0f}",
+            f"naive {sustained['naive']['capacity']:.0f}",
+            f"{sustained['ratio_vs_naive']}x",
+            ">= 4x",
+        ),
+        (
+            "At that rate: end to end p50 / p99, HTTP p99, ms",
+            f"{at.get('e2e_p50_ms')} / {at.get('e2e_p99_ms')}, {at.get('http_p99_ms')}",
+            f"naive {naive_at.get('e2e_p50_ms')} / {naive_at.get('e2e_p99_ms')}, "
+            f"{naive_at.get('http_p99_ms')}",
+            "",
+            "e2e p99 <= 1000, HTTP p99 <= 100",
+        ),
+        (
+            "First rate not held: HTTP p50 / p99, ms",
+            next(
+                (
+                    f"{s['offered']}/s: {s['http_p50_ms']} / {s['http_p99_ms']}"
+                    for s in sustained["ticks"]["steps"]
+                    if not s["held"]
+                ),
+                "",
+            ),
+            (
+                f"bare Flask paced: {sustained['bare_paced']['http_p50_ms']} / "
+                f"{sustained['bare_paced']['http_p99_ms']}"
+                if "bare_paced" in sustained
+                else ""
+            ),
+            "",
+            "",
+        ),
+        (
+            f"Light load ({light['offered']}/s): end to end p50 / p99, ms",
+            f"{light['e2e_p50_ms']} / {light['e2e_p99_ms']}",
+            "",
+            "",
+            "p99 <= 100 ms",
+        ),
+    ]
     lines = ["| Measure | Ticks | Reference | Ratio | Target |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + f"\n\nMeasured {results['when']} on {results['machine']}.\n"
@@ -731,6 +667,7 @@ def main() -> int:
             "ingest": bench_ingest,
             "drain": bench_drain,
             "end_to_end": bench_end_to_end,
+            "sustained": bench_sustained,
             "status_page": bench_status_page,
         }
         # Run only when named in BENCH_ONLY, and then printed, not kept.

@@ -1,16 +1,19 @@
 """Reference: the pipeline a competent user writes first.
 
-One Celery task per callback with Celery's default settings, and one transaction per event:
-an upsert that keeps the furthest status, and a history row per new event. It is correct
-(idempotent, monotonic); it is just not built for throughput.
+An endpoint that parses each callback and sends it as its own Celery task (``web``, run under
+Ticks' gunicorn config), one Celery task per callback with Celery's default settings, and one
+transaction per event: an upsert that keeps the furthest status, and a history row per new
+event. It is correct (idempotent, monotonic); it is just not built for throughput.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 import psycopg
 from celery import Celery
+from flask import Flask, jsonify, request
 
 NAIVE_TASK = "bench.naive_apply"
 RANK = {"SENT": 1, "RECEIVED": 2, "READ": 3, "PLAYED": 4}
@@ -20,10 +23,11 @@ CREATE TABLE IF NOT EXISTS naive_messages (
     updated_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS naive_events (
     message_id text NOT NULL, status text NOT NULL, occurred_at bigint NOT NULL,
+    received_at timestamptz, created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (message_id, status));
 """
 INSERT_EVENT = """
-INSERT INTO naive_events (message_id, status, occurred_at) VALUES (%s, %s, %s)
+INSERT INTO naive_events (message_id, status, occurred_at, received_at) VALUES (%s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 """
 UPSERT_MESSAGE = """
@@ -46,10 +50,27 @@ def connection() -> psycopg.Connection:
 
 
 @app.task(name=NAIVE_TASK)
-def naive_apply(body: dict) -> None:
+def naive_apply(body: dict, received_at: str | None = None) -> None:
     """Apply one Z-API callback: one transaction per message id."""
     conn = connection()
     for message_id in body["ids"]:
         with conn.transaction():
-            conn.execute(INSERT_EVENT, (message_id, body["status"], body["momment"]))
+            conn.execute(INSERT_EVENT, (message_id, body["status"], body["momment"], received_at))
             conn.execute(UPSERT_MESSAGE, (message_id, body["status"], RANK[body["status"]]))
+
+
+web = Flask(__name__)
+
+
+@web.post("/webhooks/<provider>/<token>")
+def receive(provider: str, token: str):
+    """Send the callback as a task of its own, then answer."""
+    received_at = datetime.now(UTC).isoformat()
+    body = request.get_json()
+    app.send_task(NAIVE_TASK, args=[body, received_at])
+    return jsonify(accepted=len(body.get("ids", [])))
+
+
+@web.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
