@@ -151,7 +151,12 @@ def keep(name: str, command: str) -> int:
             return code
         if time.monotonic() - started >= STABLE_SECONDS:
             delay = RESTART_DELAYS[0]
-        why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        why = f"exit code {code}"
+        if code < 0:
+            try:
+                why = f"killed by {signal.Signals(-code).name}"
+            except ValueError:  # a real-time signal has no name
+                why = f"killed by signal {-code}"
         log(f"{name} exited on its own ({why}); starting it again in {delay:.0f}s")
         deadline = time.monotonic() + delay
         while not stopping and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,14 @@ class Pending:
     error: str | None = None
 
 
+# Every publisher of this process, so a forked child resets each (weakly held: apps come
+# and go in tests).
+PUBLISHERS: weakref.WeakSet[GroupPublisher] = weakref.WeakSet()
+# A request whose events were taken into a publish waits at most this long for its outcome
+# (the broker timeouts bound a publish well below it); past it, it is refused.
+SETTLE_LIMIT = 10.0
+
+
 class GroupPublisher:
     """Group commit: the events of many requests go to the broker as one task message.
 
@@ -88,7 +97,7 @@ class GroupPublisher:
         self.max_events = max_events
         self.linger = linger
         self.reset()
-        os.register_at_fork(after_in_child=self.reset)
+        PUBLISHERS.add(self)
 
     def reset(self) -> None:
         """Start empty, without a publisher thread (at creation, and in a forked child)."""
@@ -138,15 +147,20 @@ class GroupPublisher:
                     self.waiting.remove(pending)
                     self.waiting_events -= len(pending.events)
                     raise QueueUnavailable("timed out waiting for the broker")
-            # Taken: its publish is bounded by the broker timeouts.
-            pending.settled.wait()
+            # Taken: its publish is bounded by the broker timeouts. Refused past the limit
+            # all the same: a publish that lands later is a duplicate, applied once.
+            if not pending.settled.wait(SETTLE_LIMIT):
+                raise QueueUnavailable("the publish did not finish in time")
         if pending.error is not None:
             raise QueueUnavailable(pending.error)
 
     def run(self) -> None:
         """The publisher thread: publish group after group, for the life of the process."""
         while True:
-            self.publish_group(self.take_group())
+            try:
+                self.publish_group(self.take_group())
+            except Exception:  # never let the only publisher die: requests would hang
+                log.exception("group publisher: unexpected error")
 
     def take_group(self) -> list[Pending]:
         """Wait for requests; take the oldest, up to max_events events, lingering while dense."""
@@ -172,8 +186,10 @@ class GroupPublisher:
 
     def publish_group(self, batch: list[Pending]) -> None:
         """Publish requests' events as one message; settle each request, whatever happens."""
-        BATCH_CALLBACKS.observe(len(batch))
+        if not batch:  # every request of the group withdrew meanwhile
+            return
         try:
+            BATCH_CALLBACKS.observe(len(batch))
             self.publish([event for item in batch for event in item.events], len(batch))
         except Exception as exc:  # whatever it was, these events are not known to be enqueued
             if not isinstance(exc, QueueUnavailable):
@@ -183,6 +199,14 @@ class GroupPublisher:
         finally:
             for item in batch:
                 item.settled.set()
+
+
+def reset_publishers_after_fork() -> None:
+    for publisher in list(PUBLISHERS):
+        publisher.reset()
+
+
+os.register_at_fork(after_in_child=reset_publishers_after_fork)
 
 
 def init_queue(app: Flask) -> Celery:

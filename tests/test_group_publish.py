@@ -211,3 +211,22 @@ def test_group_linger_setting_is_validated_naming_itself():
     for value in ("-1", "soon", "5000"):
         with pytest.raises(RuntimeError, match="GROUP_LINGER_MS must be a number of milli"):
             load_config({"GROUP_LINGER_MS": value})
+
+
+def test_the_publisher_survives_an_unexpected_error_and_serves_the_next_request(monkeypatch):
+    import app.queue
+
+    broker = SlowBroker(seconds=0)
+    publisher = GroupPublisher(broker)
+    failures = iter([OSError("metrics file gone")])
+
+    def observe(_value: float) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+
+    monkeypatch.setattr(app.queue.BATCH_CALLBACKS, "observe", observe)
+    with pytest.raises(QueueUnavailable):
+        publisher.submit([{"n": "first"}], deadline=2)
+    publisher.submit([{"n": "second"}], deadline=2)
+    assert broker.messages == [([{"n": "second"}], 1)]

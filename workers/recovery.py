@@ -14,9 +14,8 @@ stayed in kombu's ``unacked`` hash until the visibility timeout (1 h) returned t
 So the consumer here takes the held messages off the dying connection itself, before Celery
 closes it (nothing is left for kombu to restore), and hands them back once it is connected
 again: each is moved from ``unacked`` back to the queue in one transaction (kombu's own
-``restore_by_tag``); one already acknowledged or restored by someone else is left alone. If
-Redis came back empty (no persistence), the messages this worker held are published again
-from memory with their ledger entries. Then the in-flight ledger is swept for messages lost
+``restore_by_tag``); one that is no longer there (Redis came back empty) is published again
+from memory with its ledger entry. Then the in-flight ledger is swept for messages lost
 in the transport (taken off the queue, never recorded as held) within seconds, not after
 ``TICKS_SWEEP_MIN_AGE``. Applying events is idempotent: nothing here applies anything twice.
 """
@@ -24,13 +23,13 @@ in the transport (taken off the queue, never recorded as held) within seconds, n
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any, ClassVar
 
 import kombu.exceptions
 import redis.exceptions
 from celery import bootsteps
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.state import active_requests, reserved_requests
 from kombu.utils.json import dumps as json_dumps
 
 from workers import ledger
@@ -38,8 +37,6 @@ from workers.celery_app import QUEUE
 
 log = logging.getLogger(__name__)
 
-# A key that only a Redis which kept its data has: gone after a restart means it came back empty.
-EPOCH_KEY = "ticks:broker-epoch"
 RECOVERY_LOCK = "ticks:inflight:recovering"
 # After a reconnection the ledger is swept at these delays (seconds), for messages published
 # at least RECOVERY_MIN_AGE seconds earlier: long enough for a live worker to have recorded
@@ -49,14 +46,19 @@ RECOVERY_MIN_AGE = 2.0
 BROKER_ERRORS = (OSError, redis.exceptions.RedisError, kombu.exceptions.OperationalError)
 
 
-def take_held(connection: Any) -> list[Any]:
-    """Return the messages delivered and not acknowledged on ``connection``'s channels, and
-    empty their QoS so that closing the connection restores nothing (kombu privates: the
-    virtual transport's QoS keeps them in ``_delivered``, acknowledged ones in ``_dirty``)."""
+def lost_channels(connection: Any) -> list[Any]:
+    """Return the channels of a connection (kombu privates of the virtual transport)."""
     channels: list[Any] = []
     for channel in [connection._default_channel, *getattr(connection.transport, "channels", [])]:
         if channel is not None and all(channel is not seen for seen in channels):
             channels.append(channel)
+    return channels
+
+
+def take_held(channels: list[Any]) -> list[Any]:
+    """Return the messages delivered and not acknowledged on these channels, and empty their
+    QoS so that closing them restores nothing (kombu privates: the virtual transport's QoS
+    keeps them in ``_delivered``, acknowledged ones in ``_dirty``)."""
     held = []
     for channel in channels:
         qos = getattr(channel, "_qos", None)
@@ -91,21 +93,22 @@ class HandedBack:
         log.debug("reject of %s dropped: its message was handed back", delivery_tag)
 
 
-def hand_back(client: Any, channel: Any, held: list[Any], epoch: bytes | None) -> tuple[int, int]:
+def hand_back(client: Any, channel: Any, held: list[Any]) -> tuple[int, int]:
     """Requeue held messages after a reconnection; return (restored, republished).
 
     A message still in ``unacked`` goes back to the queue (removed from ``unacked`` in the
-    same transaction). If Redis lost its data (its epoch key is gone), the messages held here
-    are published again from memory, with their ledger entries.
+    same transaction). One that is not there was lost with Redis' data (a Redis that came
+    back empty; nothing else removes it: its acknowledgement was dropped, and Redis restores
+    it only after the visibility timeout): it is published again from memory, with its
+    ledger entry. At worst that applies it once more, which changes nothing.
     """
     restored = republished = 0
-    emptied = epoch is not None and client.get(EPOCH_KEY) is None
     for message in held:
         tag = message.delivery_tag
         if client.hexists(channel.qos.unacked_key, tag):
             channel.qos.restore_by_tag(tag, client)
             restored += 1
-        elif emptied:
+        else:
             republish(client, message)
             republished += 1
     return restored, republished
@@ -118,7 +121,9 @@ def republish(client: Any, message: Any) -> None:
     args, _kwargs, _embed = message.decode()
     pipe = client.pipeline(transaction=True)
     ledger.record(pipe, headers.get("id", ""), headers.get("task", ""), args[0] if args else None)
+    # Marked as kombu marks what it restores: the task counts its deliveries from here on.
     headers["redelivered"] = True
+    raw.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
     pipe.lpush(QUEUE, json_dumps(raw))
     pipe.execute()
 
@@ -129,7 +134,19 @@ class Consumer(CeleryConsumer):
     held: list[Any]
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        held = take_held(self.connection) if self.connection is not None else []
+        connection = self.connection
+        channels = lost_channels(connection) if connection is not None else []
+        held = take_held(channels)
+        super().on_connection_error_after_connected(exc)
+        # Closing the channel reads its pending BRPOP first: if Redis answered it meanwhile
+        # (a short blip), one more message was delivered on the lost connection.
+        held += take_held(channels)
+        for request in (*active_requests, *reserved_requests):
+            message = getattr(request, "message", None)
+            if message is not None and any(message.channel is c for c in channels):
+                message.channel = HandedBack()
+                if all(message is not m for m in held):
+                    held.append(message)
         self.held = [*getattr(self, "held", []), *held]
         if held:
             log.warning(
@@ -137,7 +154,6 @@ class Consumer(CeleryConsumer):
                 "once it is back",
                 len(held),
             )
-        super().on_connection_error_after_connected(exc)
 
 
 class Recover(bootsteps.StartStopStep):
@@ -148,34 +164,31 @@ class Recover(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timers: list[Any] = []
-        self.epoch: bytes | None = None  # set at the first connection
+        self.connected_before = False
 
     def start(self, c: Any) -> None:
-        first = self.epoch is None
-        client = c.connection.default_channel.client
-        try:
-            if first:
-                client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
-                self.epoch = client.get(EPOCH_KEY)
-            held = getattr(c, "held", [])
-            if held:
-                restored, republished = hand_back(
-                    client, c.connection.default_channel, held, self.epoch
-                )
-                c.held = []
-                log.warning(
-                    "broker connection back: %d held messages requeued, %d published again "
-                    "(Redis came back empty)",
-                    restored,
-                    republished,
-                )
-            client.set(EPOCH_KEY, self.epoch or uuid.uuid4().hex, nx=True)
-        except BROKER_ERRORS as exc:
-            log.warning("could not hand back held messages yet: %s", exc)
-            return
-        if not first:
+        reconnected, self.connected_before = self.connected_before, True
+        if reconnected:
             for delay in RECOVERY_SWEEPS:
                 self.timers.append(c.timer.call_after(delay, self.sweep, (c.app,), priority=10))
+        held = getattr(c, "held", [])
+        if not held:
+            return
+        try:
+            restored, republished = hand_back(
+                c.connection.default_channel.client, c.connection.default_channel, held
+            )
+        except c.connection.connection_errors:
+            # Still unreachable: Celery reconnects, and this runs again with them kept.
+            log.warning("could not hand back %d held messages yet: reconnecting", len(held))
+            raise
+        c.held = []
+        log.warning(
+            "broker connection back: %d held messages requeued, %d published again "
+            "(not in Redis any more: it came back empty)",
+            restored,
+            republished,
+        )
 
     def sweep(self, app: Any) -> None:
         try:
