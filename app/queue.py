@@ -42,9 +42,11 @@ BROKER_ERRORS = (
 PUBLISH_DEADLINE = 1.5
 MAX_BATCH_EVENTS = 500
 BATCHER = "ticks.batcher"
-# While callbacks arrive densely (on average more than one per linger window, in this
-# process), the publisher holds a group open this long for more before publishing it.
+# While callbacks arrive densely in this process, the publisher holds a group open this long
+# for more before publishing it...
 DEFAULT_LINGER_SECONDS = 0.02
+# ... that is, while at least this many callbacks arrive per linger window.
+DENSE_GROUP = 4
 # The smoothing of the mean interval between arrivals (exponential moving average).
 ARRIVAL_SMOOTHING = 0.2
 
@@ -80,7 +82,7 @@ class GroupPublisher:
     before the message holding its events is on the broker; one not taken within its
     deadline is withdrawn and refused, so it is never enqueued behind its 503.
 
-    While callbacks arrive densely (their mean interval in this process is under ``linger``)
+    While callbacks arrive densely (at least DENSE_GROUP per ``linger`` in this process)
     the publisher keeps a group open until its oldest request has waited ``linger`` or the
     group is full: at a steady rate a message then carries many callbacks, where it would
     otherwise carry one and the workers would pay their whole per-message cost for each.
@@ -115,8 +117,9 @@ class GroupPublisher:
             self.wait_for_publish(events, deadline)
 
     def dense(self) -> bool:
-        """True while callbacks arrive more often than once per linger window."""
-        return self.mean_interval < self.linger
+        """True while at least DENSE_GROUP callbacks arrive per linger window: holding a group
+        open is then worth its wait; below that it would add latency and group little."""
+        return self.mean_interval * DENSE_GROUP < self.linger
 
     def wait_for_publish(self, events: list[dict[str, Any]], deadline: float) -> None:
         """Queue the events and wait until the publisher has published them."""
