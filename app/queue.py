@@ -47,6 +47,11 @@ BATCHER = "ticks.batcher"
 DEFAULT_LINGER_SECONDS = 0.02
 # ... that is, while at least this many callbacks arrive per linger window.
 DENSE_GROUP = 4
+# A group is also closed when no callback has arrived for this many mean intervals (at least
+# MIN_QUIET_SECONDS): callers that wait for their answer before sending the next (a closed
+# loop, such as Green-API's one-at-a-time delivery per instance) send nothing more meanwhile.
+QUIET_INTERVALS = 3
+MIN_QUIET_SECONDS = 0.001
 # The smoothing of the mean interval between arrivals (exponential moving average).
 ARRIVAL_SMOOTHING = 0.2
 
@@ -83,9 +88,10 @@ class GroupPublisher:
     deadline is withdrawn and refused, so it is never enqueued behind its 503.
 
     While callbacks arrive densely (at least DENSE_GROUP per ``linger`` in this process)
-    the publisher keeps a group open until its oldest request has waited ``linger`` or the
-    group is full: at a steady rate a message then carries many callbacks, where it would
-    otherwise carry one and the workers would pay their whole per-message cost for each.
+    the publisher keeps a group open until its oldest request has waited ``linger``, the
+    group is full, or arrivals pause for a few mean intervals: at a steady rate a message then
+    carries many callbacks, where it would otherwise carry one and the workers would pay their
+    whole per-message cost for each.
     When arrivals are sparse, a request's events are published as soon as they arrive.
     """
 
@@ -173,9 +179,13 @@ class GroupPublisher:
             while not self.waiting:
                 self.arrival.wait()
             if self.dense():
+                # Until the linger is over, the group is full, or arrivals pause (a few
+                # callers that each wait for their answer: no more are coming).
                 close_at = self.waiting[0].arrived + self.linger
                 while self.waiting_events < self.max_events:
-                    remaining = close_at - time.monotonic()
+                    pause = max(QUIET_INTERVALS * self.mean_interval, MIN_QUIET_SECONDS)
+                    wake_at = min(close_at, self.last_arrival + pause)
+                    remaining = wake_at - time.monotonic()
                     if remaining <= 0:
                         break
                     self.arrival.wait(remaining)

@@ -230,3 +230,30 @@ def test_the_publisher_survives_an_unexpected_error_and_serves_the_next_request(
         publisher.submit([{"n": "first"}], deadline=2)
     publisher.submit([{"n": "second"}], deadline=2)
     assert broker.messages == [([{"n": "second"}], 1)]
+
+
+def test_callers_that_wait_for_their_answer_are_not_held_for_the_whole_linger():
+    """A closed loop (Green-API delivers one callback at a time per instance and waits for
+    the answer): once every caller is waiting, no more callbacks can come, so the group goes
+    out without waiting for the rest of the linger window."""
+    broker = SlowBroker(seconds=0.001)
+    publisher = GroupPublisher(broker, linger=0.3)
+    waits: list[float] = []
+    stop_at = time.monotonic() + 2
+
+    def caller(k: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            publisher.submit([{"n": f"{k}-{n}"}])
+            waits.append(time.monotonic() - started)
+            n += 1
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert publisher.dense()  # the window was in force...
+    assert sorted(waits)[len(waits) // 2] < 0.1  # ...yet callers did not wait it out
+    assert len(waits) > 2 / 0.3 * 4  # more than a linger per round trip would allow
