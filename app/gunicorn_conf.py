@@ -35,8 +35,9 @@ def on_exit(server) -> None:
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads let concurrent callbacks share one broker message (app/queue.py, GroupPublisher):
-# under a burst the endpoint publishes once for many callbacks instead of once for each.
+# A request holds its thread until the message holding its callback is on the broker, and
+# callbacks share messages (app/queue.py, GroupPublisher): a process groups at most as many
+# callbacks as it has threads (64: at 1,300/s, HTTP p99 131 ms against 534 ms with 16).
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "64"))
 # Green-API waits up to 180 s but Meta expects ~250 ms: a request that takes 30 s is a bug.
