@@ -14,20 +14,17 @@ EVENTS = [{"provider": "zapi", "message_id": "HB-1", "status": "sent"}]
 
 def held_message(redis_url: str):
     """Publish a task message as the endpoint does, and take it as a worker does (BRPOP'd and
-    recorded in kombu's unacked set); return the connection, its channel and the message."""
+    recorded in kombu's unacked set); return the connection and the message."""
     celery = make_celery(redis_url)
     ledger.publish(celery, APPLY_EVENTS, EVENTS, task_id="hb-task", summary="[1 events]")
     connection = celery.connection_for_read()
-    channel = connection.default_channel
-    message = channel.basic_get(QUEUE, no_ack=False)
+    message = connection.default_channel.basic_get(QUEUE, no_ack=False)
     assert message is not None
-    return connection, channel, message
+    return connection, message
 
 
-def test_held_messages_are_taken_off_the_lost_connection_and_their_acks_dropped(
-    redis_url, broker
-):
-    connection, channel, message = held_message(redis_url)
+def test_held_messages_are_taken_off_the_lost_connection_and_their_acks_dropped(redis_url, broker):
+    connection, message = held_message(redis_url)
     [taken] = take_held(lost_channels(connection))
     assert taken is message and isinstance(message.channel, HandedBack)
     message.ack()  # what a task finishing late does: nothing, and no error
@@ -36,7 +33,7 @@ def test_held_messages_are_taken_off_the_lost_connection_and_their_acks_dropped(
 
 
 def test_a_held_message_still_in_unacked_goes_back_to_the_queue(redis_url, broker):
-    connection, channel, message = held_message(redis_url)
+    connection, message = held_message(redis_url)
     take_held(lost_channels(connection))
     fresh = make_celery(redis_url).connection_for_read().default_channel
     assert hand_back(fresh.client, fresh, [message]) == (1, 0)
@@ -47,7 +44,7 @@ def test_a_held_message_still_in_unacked_goes_back_to_the_queue(redis_url, broke
 
 
 def test_a_held_message_redis_lost_is_published_again_with_its_ledger_entry(redis_url, broker):
-    connection, channel, message = held_message(redis_url)
+    connection, message = held_message(redis_url)
     take_held(lost_channels(connection))
     broker.flushdb()  # Redis came back empty: queue, unacked set and ledger gone
     fresh = make_celery(redis_url).connection_for_read().default_channel

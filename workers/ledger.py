@@ -16,6 +16,8 @@ import logging
 import time
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
@@ -56,10 +58,15 @@ def publish(
     with celery.pool.acquire(block=True, timeout=timeout) as conn:
         channel = conn.default_channel
         message = broker_message(celery, channel, task_name, payload, task_id, summary)
-        pipe = channel.client.pipeline(transaction=True)
-        record(pipe, task_id, task_name, payload)
-        pipe.lpush(QUEUE, message)
-        pipe.execute()
+        push(channel.client, task_id, task_name, payload, message)
+
+
+def push(client: Any, task_id: str, task_name: str, payload: Any, message: str) -> None:
+    """LPUSH a task message as the broker stores it, with its ledger entry, in one MULTI."""
+    pipe = client.pipeline(transaction=True)
+    record(pipe, task_id, task_name, payload)
+    pipe.lpush(QUEUE, message)
+    pipe.execute()
 
 
 def broker_message(
@@ -122,6 +129,17 @@ def lost(client: Any, queue: str, min_age: float) -> list[str]:
         return []
     held = {task_id_of(raw) for raw in client.hvals(KOMBU_UNACKED)}
     return [task_id for task_id in candidates if task_id not in held]
+
+
+def sweep_or_skip(
+    app: Celery, queue: str, min_age: float, lock_seconds: int, lock_key: str = SWEEP_LOCK
+) -> int:
+    """sweep(), except that a broker that does not answer only skips this sweep (logged)."""
+    try:
+        return sweep(app, queue, min_age, lock_seconds, lock_key)
+    except (OSError, redis.exceptions.RedisError, kombu.exceptions.OperationalError) as exc:
+        log.warning("ledger sweep skipped: %s", exc)
+        return 0
 
 
 def sweep(

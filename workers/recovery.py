@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-import kombu.exceptions
-import redis.exceptions
 from celery import bootsteps
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests, reserved_requests
@@ -43,7 +41,6 @@ RECOVERY_LOCK = "ticks:inflight:recovering"
 # what it took off the queue as held, short enough that a broker restart costs seconds.
 RECOVERY_SWEEPS = (3.0, 15.0)
 RECOVERY_MIN_AGE = 2.0
-BROKER_ERRORS = (OSError, redis.exceptions.RedisError, kombu.exceptions.OperationalError)
 
 
 def lost_channels(connection: Any) -> list[Any]:
@@ -119,13 +116,16 @@ def republish(client: Any, message: Any) -> None:
     raw = dict(message._raw)
     headers = raw.get("headers") or {}
     args, _kwargs, _embed = message.decode()
-    pipe = client.pipeline(transaction=True)
-    ledger.record(pipe, headers.get("id", ""), headers.get("task", ""), args[0] if args else None)
     # Marked as kombu marks what it restores: the task counts its deliveries from here on.
     headers["redelivered"] = True
     raw.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
-    pipe.lpush(QUEUE, json_dumps(raw))
-    pipe.execute()
+    ledger.push(
+        client,
+        headers.get("id", ""),
+        headers.get("task", ""),
+        args[0] if args else None,
+        json_dumps(raw),
+    )
 
 
 class Consumer(CeleryConsumer):
@@ -191,15 +191,7 @@ class Recover(bootsteps.StartStopStep):
         )
 
     def sweep(self, app: Any) -> None:
-        try:
-            found = ledger.sweep(
-                app, QUEUE, RECOVERY_MIN_AGE, lock_seconds=1, lock_key=RECOVERY_LOCK
-            )
-        except BROKER_ERRORS as exc:
-            log.warning("ledger sweep after reconnection skipped: %s", exc)
-            return
-        if found:
-            log.warning("ledger sweep after reconnection: %d lost messages published again", found)
+        ledger.sweep_or_skip(app, QUEUE, RECOVERY_MIN_AGE, lock_seconds=1, lock_key=RECOVERY_LOCK)
 
     def stop(self, c: Any) -> None:
         for timer in self.timers:

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from typing import Any, ClassVar
 
-import kombu.exceptions
 import psycopg
 import redis.exceptions
 from celery import Task, bootsteps
@@ -233,10 +232,7 @@ class LedgerSweeper(bootsteps.StartStopStep):
             ref.cancel()
 
     def sweep_once(self, celery: Any) -> None:
-        try:
-            ledger.sweep(celery, QUEUE, SWEEP_MIN_AGE, lock_seconds=max(1, int(SWEEP_INTERVAL)))
-        except (OSError, redis.exceptions.RedisError, kombu.exceptions.OperationalError) as exc:
-            log.warning("ledger sweep skipped: %s", exc)
+        ledger.sweep_or_skip(celery, QUEUE, SWEEP_MIN_AGE, lock_seconds=max(1, int(SWEEP_INTERVAL)))
 
 
 app.steps["worker"].add(LedgerSweeper)
