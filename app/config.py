@@ -7,10 +7,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from workers.celery_app import DEFAULT_REDIS_URL
+from workers.broker import broker_url
 from workers.db import DEFAULT_DATABASE_URL
 
 PROVIDERS = ("zapi", "greenapi", "plug")
+# Where the web app keeps its publishing Celery app (app.extensions).
+CELERY_EXTENSION = "ticks.celery"
 DEFAULT_MAX_BODY_BYTES = 65536
 
 
@@ -37,7 +39,8 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Return the app's settings from environment variables."""
     return {
         "DATABASE_URL": env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        "REDIS_URL": env.get("REDIS_URL", DEFAULT_REDIS_URL),
+        # BROKER_URL (amqp:// RabbitMQ, redis:// Redis), else REDIS_URL (workers/broker.py).
+        "BROKER_URL": broker_url(env),
         "API_TOKEN": env.get("API_TOKEN", ""),
         "WEBHOOK_TOKENS": {
             provider: split_tokens(env.get(f"{provider.upper()}_WEBHOOK_TOKENS"))

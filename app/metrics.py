@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from celery import Celery
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -26,11 +25,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from app.auth import require_api_token
-from app.config import PROVIDERS
-from workers import ledger
-from workers.celery_app import QUEUE
+from app.config import CELERY_EXTENSION, PROVIDERS
+from workers import broker
 
 bp = Blueprint("metrics", __name__)
+SNAPSHOT_TIMEOUT = 0.5  # seconds: a broker that does not answer a scrape is reported down
 
 CALLBACKS = Counter(
     "ticks_callbacks",
@@ -75,39 +74,6 @@ def note_outcome(outcome: str, events: int = 0) -> None:
     g.callback_events = events
 
 
-@dataclass(frozen=True)
-class QueueSnapshot:
-    """The queue as the broker sees it at one moment."""
-
-    waiting: int  # task messages on the queue
-    oldest_age: float  # seconds the oldest waiting message has waited (0 when none)
-    unacked: int  # taken by workers, not yet finished
-    inflight: int  # published and not yet finished (the in-flight ledger)
-
-
-def queue_snapshot(celery: Celery) -> QueueSnapshot | None:
-    """Read the queue from the broker, or return None when it does not answer."""
-    from app.queue import BROKER_ERRORS, PUBLISH_SOCKET_TIMEOUT  # app.queue imports this
-
-    try:
-        with celery.pool.acquire(block=True, timeout=PUBLISH_SOCKET_TIMEOUT) as conn:
-            client = conn.default_channel.client
-            depth, oldest, unacked, inflight = (
-                client.pipeline(transaction=False)
-                .llen(QUEUE)
-                .lindex(QUEUE, -1)
-                .hlen(ledger.KOMBU_UNACKED)
-                .zcard(ledger.INFLIGHT)
-                .execute()
-            )
-            oldest_id = ledger.task_id_of(oldest) if oldest is not None else None
-            published = client.zscore(ledger.INFLIGHT, oldest_id) if oldest_id else None
-    except BROKER_ERRORS:
-        return None
-    age = max(0.0, time.time() - published) if published else 0.0
-    return QueueSnapshot(waiting=depth, oldest_age=age, unacked=unacked, inflight=inflight)
-
-
 class QueueCollector:
     """The queue at scrape time: is Ticks keeping up?"""
 
@@ -115,7 +81,9 @@ class QueueCollector:
         self.celery = celery
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snapshot = queue_snapshot(self.celery)
+        snapshot = broker.for_url(self.celery.conf.broker_url).snapshot(
+            self.celery, SNAPSHOT_TIMEOUT
+        )
         up = GaugeMetricFamily("ticks_broker_up", "1 when the broker answered this scrape")
         up.add_metric([], 0 if snapshot is None else 1)
         yield up
@@ -124,21 +92,26 @@ class QueueCollector:
         yield GaugeMetricFamily(
             "ticks_queue_messages", "Task messages waiting on the queue", value=snapshot.waiting
         )
-        yield GaugeMetricFamily(
-            "ticks_queue_oldest_age_seconds",
-            "Age of the oldest task message waiting (0 when none): growing means falling behind",
-            value=snapshot.oldest_age,
-        )
-        yield GaugeMetricFamily(
-            "ticks_unacked_messages",
-            "Task messages taken by workers, not yet finished",
-            value=snapshot.unacked,
-        )
-        yield GaugeMetricFamily(
-            "ticks_inflight_messages",
-            "Task messages published and not yet finished (the in-flight ledger)",
-            value=snapshot.inflight,
-        )
+        # What the broker cannot tell (RabbitMQ over AMQP: the age, the unacknowledged; the
+        # ledger exists on Redis only) is left out, not reported as 0.
+        if snapshot.oldest_age is not None:
+            yield GaugeMetricFamily(
+                "ticks_queue_oldest_age_seconds",
+                "Age of the oldest task message waiting (0 when none): growing means behind",
+                value=snapshot.oldest_age,
+            )
+        if snapshot.unacked is not None:
+            yield GaugeMetricFamily(
+                "ticks_unacked_messages",
+                "Task messages taken by workers, not yet finished",
+                value=snapshot.unacked,
+            )
+        if snapshot.inflight is not None:
+            yield GaugeMetricFamily(
+                "ticks_inflight_messages",
+                "Task messages published and not yet finished (the in-flight ledger)",
+                value=snapshot.inflight,
+            )
 
 
 @bp.get("/metrics")
@@ -149,10 +122,8 @@ def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    from app.queue import EXTENSION  # app.queue imports this module
-
     queue = CollectorRegistry()
-    queue.register(QueueCollector(current_app.extensions[EXTENSION]))
+    queue.register(QueueCollector(current_app.extensions[CELERY_EXTENSION]))
     return Response(
         generate_latest(registry) + generate_latest(queue), mimetype=CONTENT_TYPE_LATEST
     )

@@ -120,7 +120,7 @@ def database() -> Iterator[psycopg.Connection]:
 
 
 def publish(task_name: str, payload: Any, summary: str) -> None:
-    """Enqueue a task message (with its in-flight ledger entry), or stop the command."""
+    """Enqueue a task message durably (workers/broker.py), or stop the command."""
     try:
         celery = current_app.extensions[EXTENSION]
         send(celery, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import uuid
@@ -14,28 +13,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import kombu.exceptions
-import redis.exceptions
 from celery import Celery
 from flask import Flask, current_app
 
+from app.config import CELERY_EXTENSION
 from app.metrics import BATCH_CALLBACKS, ENQUEUE_SECONDS
-from workers import ledger
+from workers import broker
 from workers.celery_app import APPLY_EVENTS, make_celery
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "ticks.celery"
-# A dead or unreachable broker must be answered 503 within 2 s, so every wait is short:
-# connect and socket timeouts of 0.5 s (redis-py itself retries a dropped connection once
-# it is back; a MULTI repeated that way at worst queues a message twice, applied once).
+EXTENSION = CELERY_EXTENSION
+# A dead, unreachable, blocked or silent broker must be answered 503 within 2 s, so every
+# wait is short: connect and socket timeouts of 0.5 s, and on RabbitMQ a confirm within 0.5 s
+# (redis-py itself retries a dropped connection once it is back; a MULTI repeated that way at
+# worst queues a message twice, applied once).
 PUBLISH_SOCKET_TIMEOUT = 0.5
-BROKER_ERRORS = (
-    kombu.exceptions.OperationalError,
-    redis.exceptions.RedisError,
-    OSError,
-    socket.timeout,
-)
+BROKER_ERRORS = broker.ERRORS
 
 
 # A request waits at most this long to start publishing (a dead broker: 503 within 2 s).
@@ -225,7 +219,7 @@ os.register_at_fork(after_in_child=reset_publishers_after_fork)
 def init_queue(app: Flask) -> Celery:
     """Attach a publishing Celery app for the configured broker."""
     celery = make_celery(
-        app.config["REDIS_URL"],
+        app.config["BROKER_URL"],
         socket_connect_timeout=PUBLISH_SOCKET_TIMEOUT,
         socket_timeout=PUBLISH_SOCKET_TIMEOUT,
         # kombu's connection failover options: used when a channel (re)connects.
@@ -265,10 +259,10 @@ def enqueue(task_name: str, payload: Any, *, task_id: str, summary: str) -> None
 
 
 def send(celery: Celery, task_name: str, payload: Any, *, task_id: str, summary: str) -> None:
-    """Publish a task message with its ledger entry; raise QueueUnavailable if the broker
-    did not take it."""
+    """Publish a task message durably (workers/broker.py); raise QueueUnavailable if the
+    broker did not take it."""
     try:
-        ledger.publish(
+        broker.for_url(celery.conf.broker_url).publish(
             celery,
             task_name,
             payload,
@@ -282,7 +276,12 @@ def send(celery: Celery, task_name: str, payload: Any, *, task_id: str, summary:
 
 
 def ping_broker() -> None:
-    """Raise if the broker does not answer a PING."""
+    """Raise if the broker does not answer."""
     celery: Celery = current_app.extensions[EXTENSION]
-    with celery.connection_for_write() as conn:
-        conn.default_channel.client.ping()
+    broker.for_url(celery.conf.broker_url).ping(celery)
+
+
+def queue_snapshot() -> broker.QueueSnapshot | None:
+    """The queue as the broker sees it now, or None when it does not answer."""
+    celery: Celery = current_app.extensions[EXTENSION]
+    return broker.for_url(celery.conf.broker_url).snapshot(celery, PUBLISH_SOCKET_TIMEOUT)

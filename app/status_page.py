@@ -21,9 +21,9 @@ from flask import Blueprint, Response, current_app, make_response, render_templa
 from app.auth import require_person
 from app.config import PROVIDERS
 from app.database import pool
-from app.metrics import QueueSnapshot, queue_snapshot
-from app.queue import EXTENSION
+from app.queue import queue_snapshot
 from workers import store
+from workers.broker import QueueSnapshot
 from workers.redact import mask_phone
 from workers.statuses import STATUSES
 
@@ -189,12 +189,14 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
 def page_context() -> dict[str, Any]:
     """Everything the template shows."""
     overview, database_error = read_database()
-    queue: QueueSnapshot | None = queue_snapshot(current_app.extensions[EXTENSION])
+    queue: QueueSnapshot | None = queue_snapshot()
     context: dict[str, Any] = {
         "database_error": database_error,
         "queue": queue,
-        "queue_age": duration(queue.oldest_age) if queue else None,
-        "queue_behind": bool(queue and queue.oldest_age >= QUEUE_AGE_WARNING_SECONDS),
+        "queue_age": duration(queue.oldest_age) if queue and queue.oldest_age is not None else None,
+        "queue_behind": bool(
+            queue and queue.oldest_age is not None and queue.oldest_age >= QUEUE_AGE_WARNING_SECONDS
+        ),
         "statuses": STATUSES,
         "refresh": REFRESH_SECONDS,
         "minutes": MINUTES,

@@ -137,7 +137,7 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
     config = {
         "TESTING": True,
         "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
+        "BROKER_URL": redis_url,
         "API_TOKEN": API_TOKEN,
         "WEBHOOK_TOKENS": dict(WEBHOOK_TOKENS),
         **overrides,
@@ -249,7 +249,7 @@ def start_worker(
         full_env = {
             **os.environ,
             "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
+            "BROKER_URL": redis_url,
             "PYTHONPATH": str(ROOT),
             "WORKER_METRICS_PORT": "0",  # tests that read worker metrics choose a free port
             **(env or {}),

@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import ROOT
 from workers.celery_app import RETRY_BACKOFF_MAX, VISIBILITY_TIMEOUT, app
-from workers.tasks import retry_countdown
+from workers.guarded import retry_countdown
 
 
 def test_visibility_timeout_is_above_the_longest_retry_countdown():

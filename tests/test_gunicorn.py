@@ -27,7 +27,7 @@ def web(database_url, redis_url, broker, tmp_path):
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
+        "BROKER_URL": redis_url,
         "API_TOKEN": API_TOKEN,
         "ZAPI_WEBHOOK_TOKENS": TOKEN,
         "HOST": "127.0.0.1",

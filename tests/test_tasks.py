@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import psycopg
 import pytest
 
-from workers import store, tasks
-from workers.tasks import MAX_DELIVERIES, POISON_RETRIES, apply_events
+from workers import guarded, store
+from workers.broker import RabbitBroker, RedisBroker
+from workers.celery_app import make_celery
+from workers.guarded import MAX_DELIVERIES, POISON_RETRIES
+from workers.tasks import apply_events
 
 EVENT = {
     "provider": "zapi",
@@ -22,10 +27,10 @@ EVENT = {
 def quiet(monkeypatch, db):
     """No broker for delivery counts, no real sleeping; record every wait."""
     waits: list[float] = []
-    monkeypatch.setattr(tasks.GuardedTask, "deliveries", lambda self, key: 1)
-    monkeypatch.setattr(tasks.GuardedTask, "forget_delivery", lambda self, key, finished: None)
-    monkeypatch.setattr(tasks.SHUTTING_DOWN, "wait", lambda seconds: waits.append(seconds))
-    monkeypatch.setattr(tasks, "POISON_RETRY_SECONDS", 0)
+    monkeypatch.setattr(guarded.BROKER, "deliveries", lambda celery, request: 1)
+    monkeypatch.setattr(guarded.BROKER, "settle", lambda celery, task_id, finished: None)
+    monkeypatch.setattr(guarded.SHUTTING_DOWN, "wait", lambda seconds: waits.append(seconds))
+    monkeypatch.setattr(guarded, "POISON_RETRY_SECONDS", 0)
     return waits
 
 
@@ -59,14 +64,14 @@ def test_transient_errors_are_waited_out_with_growing_backoff(monkeypatch, quiet
 
 def test_shutdown_during_an_outage_hands_the_message_back(monkeypatch, quiet, db):
     failing_then_working(monkeypatch, 100, psycopg.OperationalError("down"))
-    monkeypatch.setattr(tasks.SHUTTING_DOWN, "wait", lambda seconds: True)
+    monkeypatch.setattr(guarded.SHUTTING_DOWN, "wait", lambda seconds: True)
     assert apply_events.apply(args=[[EVENT]]).state == "REJECTED"
     assert statuses(db) == []
 
 
 def test_an_outage_longer_than_the_hold_limit_hands_the_message_back(monkeypatch, quiet, db):
     failing_then_working(monkeypatch, 100, psycopg.OperationalError("down"))
-    monkeypatch.setattr(tasks, "HOLD_LIMIT", -1)
+    monkeypatch.setattr(guarded, "HOLD_LIMIT", -1)
     assert apply_events.apply(args=[[EVENT]]).state == "REJECTED"
 
 
@@ -81,7 +86,7 @@ def test_other_errors_are_retried_then_dead_lettered(monkeypatch, quiet, db):
 
 def test_a_message_delivered_too_often_is_dead_lettered_without_running(monkeypatch, quiet, db):
     calls = failing_then_working(monkeypatch, 0, ValueError("unused"))
-    monkeypatch.setattr(tasks.GuardedTask, "deliveries", lambda self, key: MAX_DELIVERIES + 1)
+    monkeypatch.setattr(guarded.BROKER, "deliveries", lambda celery, request: MAX_DELIVERIES + 1)
     apply_events.apply(args=[[EVENT]], task_id="killer-task")
     assert calls == []
     error = db.execute("SELECT error FROM dead_letters WHERE task_id = 'killer-task'").fetchone()
@@ -121,25 +126,23 @@ def test_one_log_line_per_batch_and_phones_masked_in_the_detail(quiet, db, caplo
 
 
 @pytest.mark.parametrize(
-    ("delivery_info", "counted", "expected"),
-    [(None, None, 1), ({"redelivered": False}, None, 1), ({"redelivered": True}, 2, 3)],
+    ("delivery_info", "expected"),
+    [(None, [1, 1]), ({"redelivered": False}, [1, 1]), ({"redelivered": True}, [2, 3])],
 )
-def test_only_redelivered_messages_are_counted_in_redis(
-    monkeypatch, delivery_info, counted, expected
-):
-    asked = []
+def test_redis_counts_only_redelivered_messages(broker, redis_url, delivery_info, expected):
+    celery = make_celery(redis_url)
+    request = SimpleNamespace(id="t-1", delivery_info=delivery_info)
+    seen = [RedisBroker().deliveries(celery, request) for _ in range(2)]
+    assert seen == expected
+    assert broker.exists("ticks:deliveries:t-1") == (expected[0] > 1)
+    RedisBroker().settle(celery, "t-1", finished=True)
+    assert not broker.exists("ticks:deliveries:t-1")
 
-    def count(self, key):
-        asked.append(key)
-        return counted
 
-    monkeypatch.setattr(tasks.GuardedTask, "count_delivery", count)
-    apply_events.push_request(id="t-1", delivery_info=delivery_info)
-    try:
-        assert apply_events.deliveries("ticks:deliveries:t-1") == expected
-    finally:
-        apply_events.pop_request()
-    assert asked == ([] if counted is None else ["ticks:deliveries:t-1"])
+@pytest.mark.parametrize(("headers", "expected"), [({}, 1), ({"x-delivery-count": 2}, 3)])
+def test_rabbitmq_deliveries_come_from_the_quorum_queue_count(headers, expected):
+    request = SimpleNamespace(id="t-1", headers=headers, delivery_info={"redelivered": True})
+    assert RabbitBroker().deliveries(None, request) == expected  # type: ignore[arg-type]
 
 
 def sample(name: str, **labels: str) -> float:

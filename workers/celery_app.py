@@ -7,12 +7,12 @@ from typing import Any
 
 from celery import Celery, signals
 
-from workers import logs, metrics
+from workers import broker, logs, metrics
 
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
-QUEUE = "ticks"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+QUEUE = broker.QUEUE
+DEFAULT_REDIS_URL = broker.DEFAULT_REDIS_URL
 # Redis redelivers a message not acknowledged within this many seconds: how long the
 # messages of a worker killed outright wait before redelivery. A task waiting out a database
 # outage holds its message unacknowledged, sleeping up to RETRY_BACKOFF_MAX between attempts,
@@ -32,7 +32,8 @@ if RETRY_BACKOFF_MAX * 2 > VISIBILITY_TIMEOUT:
 
 
 def make_celery(broker_url: str, **transport_options: Any) -> Celery:
-    """Create a Celery app for ``broker_url``; JSON only, late acks, no result backend."""
+    """Create a Celery app for ``broker_url`` (Redis or RabbitMQ, workers/broker.py); JSON
+    only, late acks, no result backend."""
     app = Celery("ticks", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -50,11 +51,37 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         broker_connection_retry_on_startup=True,
         # A worker must outlive any broker outage: retry the connection forever, not 100 times.
         broker_connection_max_retries=None,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **transport_options},
         # Flower and `celery events` follow tasks through these events.
         worker_send_task_events=True,
     )
+    broker.for_url(broker_url).configure(app, VISIBILITY_TIMEOUT, **transport_options)
     return app
+
+
+@signals.worker_process_init.connect
+def open_pool(**kwargs: Any) -> None:
+    """Open the database pool in each worker process, after the fork; create its metrics
+    too, so the first task does not pay for them."""
+    from workers.db import get_pool
+
+    get_pool()
+    metrics.metrics()
+
+
+@signals.worker_process_shutdown.connect
+def shut_pool(**kwargs: Any) -> None:
+    """Close the pool when a worker process exits."""
+    from workers.db import close_pool
+
+    close_pool()
+
+
+@signals.worker_shutting_down.connect
+def note_shutdown(**kwargs: Any) -> None:
+    """Wake any task waiting out an outage, so it hands its message back at once."""
+    from workers.guarded import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()
 
 
 @signals.celeryd_init.connect
@@ -85,8 +112,10 @@ def setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
     logs.configure(loglevel or "INFO", task_fields=True)
 
 
-app = make_celery(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+BROKER = broker.current()
+app = make_celery(broker.broker_url())
 app.conf.include = ["workers.tasks"]
-# Keeps the messages it holds when the broker connection drops, and hands them back once it
-# is back (workers/recovery.py).
-app.conf.worker_consumer = "workers.recovery:Consumer"
+if BROKER.name == "redis":
+    # Keeps the messages it holds when the Redis connection drops, and hands them back once
+    # it is back (workers/recovery.py). RabbitMQ requeues them itself.
+    app.conf.worker_consumer = "workers.recovery:Consumer"

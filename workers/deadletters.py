@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from workers import ledger, store
-from workers.celery_app import app
+from workers import store
+from workers.celery_app import BROKER, app
 from workers.db import database_url
 
 
@@ -26,8 +26,8 @@ def list_letters(conn: psycopg.Connection, pending: bool) -> None:
 
 
 def send_again(task_name: str, payload: Any, summary: str) -> None:
-    """Publish a task message (and its ledger entry) with the workers' Celery app."""
-    ledger.publish(app, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)
+    """Publish a task message durably (workers/broker.py) with the workers' Celery app."""
+    BROKER.publish(app, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)
 
 
 def replay(

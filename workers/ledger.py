@@ -73,15 +73,9 @@ def broker_message(
     celery: Celery, channel: Any, task_name: str, payload: Any, task_id: str, summary: str
 ) -> str:
     """Return the task message as kombu's Redis transport stores it on the queue."""
-    headers, properties, body, _ = celery.amqp.create_task_message(
-        task_id,
-        task_name,
-        [payload],
-        {},
-        # argsrepr is what Flower and the logs show: a summary, never phone numbers.
-        argsrepr=summary,
-        kwargsrepr="{}",
-    )
+    from workers.broker import create_task_message  # workers.broker imports this lazily
+
+    headers, properties, body = create_task_message(celery, task_name, payload, task_id, summary)
     content_type, content_encoding, data = serialize(body, serializer="json")
     message = channel.prepare_message(
         data,

@@ -20,7 +20,7 @@ from tests.faults.helpers import (
 )
 from workers import ledger
 from workers.celery_app import APPLY_EVENTS, QUEUE
-from workers.tasks import MAX_DELIVERIES, POISON_RETRIES
+from workers.guarded import MAX_DELIVERIES, POISON_RETRIES
 
 pytestmark = pytest.mark.fault
 # Short enough that a killed worker's messages come back within the test: those it held
@@ -104,7 +104,7 @@ def test_poison_message_is_retried_then_dead_lettered_without_blocking_others(
 
 
 def deadletters_command(database_url: str, redis_url: str, *args: str) -> str:
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": redis_url}
     return subprocess.run(
         [sys.executable, "-m", "workers.deadletters", *args],
         cwd=ROOT,

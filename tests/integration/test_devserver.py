@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 CLEARED = (
     "DATABASE_URL",
     "REDIS_URL",
+    "BROKER_URL",
     "API_TOKEN",
     "ZAPI_WEBHOOK_TOKENS",
     "GREENAPI_WEBHOOK_TOKENS",

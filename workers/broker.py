@@ -1,0 +1,351 @@
+"""The broker seam: everything Ticks does with its broker, for Redis and for RabbitMQ.
+
+``BROKER_URL`` chooses the broker (``amqp://`` RabbitMQ, ``redis://`` / ``rediss://`` Redis);
+without it ``REDIS_URL``, then Redis on localhost. app/ and workers/ call ``current()`` (or
+``for_url``) and never branch on the broker themselves.
+
+- Redis keeps no delivery count and loses a message taken by a worker that dies before it
+  records it as held, so on Redis every publish is recorded in the in-flight ledger
+  (workers/ledger.py) in the same transaction, a sweeper republishes what was lost, and a
+  counter beside the queue counts redeliveries.
+- RabbitMQ does all of that natively: the queue is a durable quorum queue that counts
+  deliveries and dead-letters a message returned more than ``x-delivery-limit`` times to a
+  dead-letter exchange (the worker stores those in the ``dead_letters`` table); every publish
+  waits for the broker's confirm; a dead worker's unacknowledged messages are requeued as soon
+  as its connection drops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import amqp.exceptions
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+from kombu import Exchange, Queue
+
+log = logging.getLogger(__name__)
+
+QUEUE = "ticks"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+RABBITMQ_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+# Everything a broker that is down, unreachable, blocked or silent raises at a publisher.
+ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.RedisError,
+    amqp.exceptions.AMQPError,
+    OSError,
+    socket.timeout,
+)
+# A message whose worker died while running it is redelivered (acks_late); after this many
+# deliveries it is dead-lettered instead of killing workers forever.
+MAX_DELIVERIES = 3
+
+
+def broker_url(env: Mapping[str, str] = os.environ) -> str:
+    """Return the broker's URL: BROKER_URL, else REDIS_URL, else Redis on localhost."""
+    return env.get("BROKER_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def is_rabbitmq(url: str) -> bool:
+    return url.startswith(RABBITMQ_SCHEMES)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue as the broker sees it at one moment (None: this broker cannot tell)."""
+
+    waiting: int  # task messages on the queue
+    oldest_age: float | None  # seconds the oldest waiting message has waited (0 when none)
+    unacked: int | None  # taken by workers, not yet finished
+    inflight: int | None  # published and not yet finished (the in-flight ledger)
+
+
+def create_task_message(
+    celery: Celery, task_name: str, payload: Any, task_id: str, summary: str
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Return the headers, properties and body Celery's send_task would publish."""
+    headers, properties, body, _ = celery.amqp.create_task_message(
+        task_id,
+        task_name,
+        [payload],
+        {},
+        # argsrepr is what Flower and the logs show: a summary, never phone numbers.
+        argsrepr=summary,
+        kwargsrepr="{}",
+    )
+    return headers, properties, body
+
+
+class RedisBroker:
+    """Redis: the in-flight ledger, its sweeper and a delivery counter make it safe."""
+
+    name = "redis"
+    limits_deliveries = False  # the task counts deliveries itself
+    DELIVERY_KEY_TTL = 7 * 24 * 3600
+
+    def configure(self, celery: Celery, visibility_timeout: int, **transport_options: Any) -> None:
+        celery.conf.broker_transport_options = {
+            "visibility_timeout": visibility_timeout,
+            **transport_options,
+        }
+
+    def publish(
+        self,
+        celery: Celery,
+        task_name: str,
+        payload: Any,
+        *,
+        task_id: str,
+        summary: str,
+        timeout: float = 5,
+    ) -> None:
+        """Put a task message on the queue with its ledger entry; raise the broker's errors."""
+        from workers import ledger
+
+        ledger.publish(
+            celery, task_name, payload, task_id=task_id, summary=summary, timeout=timeout
+        )
+
+    def deliveries(self, celery: Celery, request: Any) -> int:
+        """Return which delivery of its message this run is.
+
+        A first delivery is known without asking Redis: kombu marks every message it puts
+        back on the queue (a dead worker's, a rejected one) ``redelivered``. Only those are
+        counted, so the common case costs no round trip: count + 1 is the delivery.
+        """
+        if not (request.delivery_info or {}).get("redelivered"):
+            return 1
+        key = self.delivery_key(request.id)
+        try:
+            with celery.pool.acquire(block=True, timeout=5) as conn:
+                pipe = conn.default_channel.client.pipeline()
+                count, _ = pipe.incr(key).expire(key, self.DELIVERY_KEY_TTL).execute()
+                return int(count) + 1
+        except (OSError, redis.exceptions.RedisError) as exc:
+            log.warning("delivery count unavailable for %s: %s", request.id, exc)
+            return 2
+
+    @staticmethod
+    def delivery_key(task_id: str) -> str:
+        return f"ticks:deliveries:{task_id}"
+
+    def settle(self, celery: Celery, task_id: str, finished: bool) -> None:
+        """Drop the delivery count; once finished, the message's ledger entry too."""
+        from workers import ledger
+
+        try:
+            with celery.pool.acquire(block=True, timeout=5) as conn:
+                pipe = conn.default_channel.client.pipeline().delete(self.delivery_key(task_id))
+                if finished:
+                    ledger.finish(pipe, task_id)
+                pipe.execute()
+        except (OSError, redis.exceptions.RedisError):
+            # The count expires by itself; a ledger entry left behind makes the sweeper
+            # publish the message again, which applies nothing twice.
+            log.warning("could not clear delivery records of %s", task_id)
+
+    def snapshot(self, celery: Celery, timeout: float) -> QueueSnapshot | None:
+        """Read the queue from Redis, or return None when it does not answer."""
+        from workers import ledger
+
+        try:
+            with celery.pool.acquire(block=True, timeout=timeout) as conn:
+                client = conn.default_channel.client
+                depth, oldest, unacked, inflight = (
+                    client.pipeline(transaction=False)
+                    .llen(QUEUE)
+                    .lindex(QUEUE, -1)
+                    .hlen(ledger.KOMBU_UNACKED)
+                    .zcard(ledger.INFLIGHT)
+                    .execute()
+                )
+                oldest_id = ledger.task_id_of(oldest) if oldest is not None else None
+                published = client.zscore(ledger.INFLIGHT, oldest_id) if oldest_id else None
+        except ERRORS:
+            return None
+        age = max(0.0, time.time() - published) if published else 0.0
+        return QueueSnapshot(waiting=depth, oldest_age=age, unacked=unacked, inflight=inflight)
+
+    def ping(self, celery: Celery) -> None:
+        with celery.connection_for_write() as conn:
+            conn.default_channel.client.ping()
+
+
+# RabbitMQ's names: the task queue, its dead-letter exchange and the queue behind it.
+DEAD_LETTER_EXCHANGE = "ticks.dead-letter"
+DEAD_LETTER_QUEUE = "ticks.dead-letters"
+
+
+def task_exchange() -> Exchange:
+    return Exchange(QUEUE, type="direct", durable=True)
+
+
+def task_queue() -> Queue:
+    """The durable quorum queue of Ticks' task messages (RabbitMQ)."""
+    return Queue(
+        QUEUE,
+        exchange=task_exchange(),
+        routing_key=QUEUE,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            # Returned (a worker died holding it, or handed it back) more than this many
+            # times: dead-lettered. The worker hands a message back on shutdown or after a
+            # long database outage too, so the limit leaves room for those.
+            "x-delivery-limit": MAX_DELIVERIES - 1,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            # at-least-once: a dead letter leaves the queue only once the dead-letter queue
+            # has it (needs reject-publish overflow).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def dead_letter_queue() -> Queue:
+    return Queue(
+        DEAD_LETTER_QUEUE,
+        exchange=Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True),
+        routing_key=DEAD_LETTER_QUEUE,
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
+class RabbitBroker:
+    """RabbitMQ: a quorum queue with a delivery limit and dead-lettering, publisher confirms."""
+
+    name = "rabbitmq"
+    limits_deliveries = True  # the queue dead-letters past x-delivery-limit
+
+    def configure(self, celery: Celery, visibility_timeout: int, **transport_options: Any) -> None:
+        # Transport options of the Redis publisher (socket timeouts, retries) mean nothing
+        # to py-amqp; the publish deadline is given to each publish instead.
+        celery.conf.update(
+            task_queues=[task_queue()],
+            task_default_exchange=QUEUE,
+            task_default_routing_key=QUEUE,
+            # Every basic.publish waits for the broker's confirm (kombu/py-amqp).
+            broker_transport_options={"confirm_publish": True},
+            # A worker's heartbeats let RabbitMQ see a dead connection (and requeue what it
+            # held) within seconds even when no FIN arrives.
+            broker_heartbeat=10,
+        )
+
+    def publish(
+        self,
+        celery: Celery,
+        task_name: str,
+        payload: Any,
+        *,
+        task_id: str,
+        summary: str,
+        timeout: float = 5,
+    ) -> None:
+        """Publish a persistent task message and wait for RabbitMQ's confirm.
+
+        Raises the broker's errors when it is down, refuses (its memory or disk alarm blocks
+        publishers) or does not confirm within ``timeout``.
+        """
+        headers, properties, body = create_task_message(
+            celery, task_name, payload, task_id, summary
+        )
+        with celery.producer_pool.acquire(block=True, timeout=timeout) as producer:
+            try:
+                producer.publish(
+                    body,
+                    exchange=task_exchange(),
+                    routing_key=QUEUE,
+                    declare=[task_queue(), dead_letter_queue()],
+                    headers=headers,
+                    serializer="json",
+                    delivery_mode=2,
+                    retry=False,
+                    timeout=timeout,
+                    confirm_timeout=timeout,
+                    **properties,
+                )
+            except BaseException:
+                # The connection may be half dead (a missed confirm, a broken socket): drop
+                # it, so the next publish connects afresh.
+                producer.connection.collect()
+                raise
+
+    def deliveries(self, celery: Celery, request: Any) -> int:
+        """Return which delivery this run is: the quorum queue's x-delivery-count, + 1."""
+        count = getattr(request, "x-delivery-count", None) or (request.headers or {}).get(
+            "x-delivery-count"
+        )
+        return int(count or 0) + 1
+
+    def settle(self, celery: Celery, task_id: str, finished: bool) -> None:
+        """Nothing to clear: RabbitMQ keeps the count and forgets it with the message."""
+
+    def snapshot(self, celery: Celery, timeout: float) -> QueueSnapshot | None:
+        """Read the queue's depth from RabbitMQ (AMQP tells ready messages, not their age
+        nor how many are unacknowledged), or return None when it does not answer."""
+        try:
+            with celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=timeout)
+                channel = conn.channel()
+                try:
+                    _, waiting, _ = channel.queue_declare(QUEUE, passive=True)
+                finally:
+                    channel.close()
+        except amqp.exceptions.NotFound:  # nothing published yet
+            return QueueSnapshot(waiting=0, oldest_age=None, unacked=None, inflight=None)
+        except ERRORS:
+            return None
+        return QueueSnapshot(waiting=waiting, oldest_age=None, unacked=None, inflight=None)
+
+    def ping(self, celery: Celery) -> None:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.default_channel  # noqa: B018  (opens a channel: the broker answered)
+
+
+Broker = RedisBroker | RabbitBroker
+
+
+def for_url(url: str) -> Broker:
+    return RabbitBroker() if is_rabbitmq(url) else RedisBroker()
+
+
+def current() -> Broker:
+    """The broker of this process' configuration."""
+    return for_url(broker_url())
+
+
+def dead_letter_record(body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the dead_letters row of a task message RabbitMQ dead-lettered."""
+    args = body[0] if isinstance(body, list | tuple) and body else []
+    deaths = headers.get("x-death") or [{}]
+    reason = deaths[0].get("reason", "unknown") if isinstance(deaths[0], dict) else "unknown"
+    deliveries = int(headers.get("x-delivery-count") or MAX_DELIVERIES)
+    return {
+        "task_id": headers.get("id") or headers.get("x-first-death-queue") or "unknown",
+        "task_name": headers.get("task", "unknown"),
+        "payload": args[0] if args else body,
+        "error": (
+            f"RabbitMQ dead-lettered it ({reason}): delivered {deliveries} times, the worker "
+            "never finished it"
+        ),
+        "deliveries": deliveries,
+    }
+
+
+def decode_body(message: Any) -> Any:
+    """Return a dead-lettered message's decoded body (Celery's JSON)."""
+    try:
+        return message.decode()
+    except Exception:  # not JSON, or not Celery's: keep it as text
+        return json.loads(json.dumps(message.body, default=str))
