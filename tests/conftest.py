@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import psycopg
 import pytest
 import redis
@@ -106,6 +107,39 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
+
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose server is missing; under CI=true that is a failure, not a skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: these tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """A RabbitMQ to test against: TEST_AMQP_URL, else the machine's at 127.0.0.1:5672."""
+    url = os.environ.get("TEST_AMQP_URL", DEFAULT_AMQP_URL)
+    try:
+        with kombu.Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        skip_or_fail(f"no RabbitMQ at {url} ({exc}); set TEST_AMQP_URL to run these tests")
+    return url
+
+
+def empty_rabbitmq(url: str) -> None:
+    """Delete Ticks' queues (the next publish declares them afresh, empty)."""
+    from workers.broker import DEAD_LETTER_QUEUE, QUEUE
+
+    with kombu.Connection(url) as conn:
+        channel = conn.channel()
+        for name in (QUEUE, DEAD_LETTER_QUEUE):
+            channel.queue_delete(name)
+        channel.close()
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -228,14 +228,19 @@ class RabbitBroker:
     limits_deliveries = True  # the queue dead-letters past x-delivery-limit
 
     def configure(self, celery: Celery, visibility_timeout: int, **transport_options: Any) -> None:
-        # Transport options of the Redis publisher (socket timeouts, retries) mean nothing
-        # to py-amqp; the publish deadline is given to each publish instead.
+        # kombu's connection failover options apply to any transport; Redis' socket timeouts
+        # mean nothing to py-amqp (the publish deadline is given to each publish instead).
+        failover = {
+            key: value
+            for key, value in transport_options.items()
+            if key in ("max_retries", "interval_start", "interval_step", "interval_max")
+        }
         celery.conf.update(
             task_queues=[task_queue()],
             task_default_exchange=QUEUE,
             task_default_routing_key=QUEUE,
             # Every basic.publish waits for the broker's confirm (kombu/py-amqp).
-            broker_transport_options={"confirm_publish": True},
+            broker_transport_options={"confirm_publish": True, **failover},
             # A worker's heartbeats let RabbitMQ see a dead connection (and requeue what it
             # held) within seconds even when no FIN arrives.
             broker_heartbeat=10,
