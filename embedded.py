@@ -7,12 +7,17 @@ the machine. Redis persists its queue with AOF (`appendfsync everysec`).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import kombu
 import psycopg
 import redis
 
@@ -120,3 +125,137 @@ class EmbeddedPostgres:
     def cleanup(self) -> None:
         """Stop the server for good."""
         self.server.cleanup()
+
+
+def free_port() -> int:
+    """Return a loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user; the real script does not.
+RABBITMQ_SERVER = next(
+    (
+        path
+        for path in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server"))
+        if path and os.path.exists(path)
+    ),
+    "rabbitmq-server",
+)
+
+
+class LocalRabbitMQ:
+    """A RabbitMQ node of its own (node name, port, data folder), never the machine's.
+
+    RabbitMQ is no Python package: this starts the machine's rabbitmq-server (Debian:
+    `apt-get install rabbitmq-server`) with no plugins, for the tests and `make bench`.
+    Stopped with a signal, restarted on the same data (its durable queues survive).
+    """
+
+    def __init__(self, data: Path, config: str = "", home: Path | None = None) -> None:
+        self.data = data
+        self.home = home or data  # its Erlang cookie: nodes of one cluster share it
+        self.port = free_port()
+        self.name = f"ticks{self.port}@localhost"
+        self.process: subprocess.Popen[bytes] | None = None
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n{config}"
+        )
+        (data / "enabled_plugins").write_text("[].\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 60) -> LocalRabbitMQ:
+        env = {
+            **os.environ,
+            "HOME": str(self.home),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(self.data / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.data / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.data / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.data / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.data / "pid"),
+        }
+        with (self.data / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 (a fixed command line)
+                [RABBITMQ_SERVER],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with kombu.Connection(self.url, connect_timeout=1) as conn:
+                    conn.ensure_connection(max_retries=1)
+                return self
+            except Exception:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"RabbitMQ did not start: {(self.data / 'server.log').read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.3)
+
+    def stop(self, how: int = signal.SIGTERM) -> None:
+        """Stop the node (SIGTERM: a clean stop; SIGKILL: a crash) and its Erlang processes."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, how)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        # epmd and the node's helpers stay in its process group; none may hold the port.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def rabbitmq_missing() -> str | None:
+    """Why a LocalRabbitMQ cannot start here, or None when it can."""
+    if not os.path.exists(RABBITMQ_SERVER):
+        return "rabbitmq-server is not installed (Debian: apt-get install rabbitmq-server)"
+    return None
+
+
+RABBITMQCTL = str(Path(RABBITMQ_SERVER).with_name("rabbitmqctl"))
+
+
+class LocalRabbitCluster:
+    """Three private RabbitMQ nodes on this machine, joined in one cluster."""
+
+    def __init__(self, data: Path, size: int = 3) -> None:
+        data.mkdir(parents=True, exist_ok=True)
+        self.home = data
+        self.nodes = [LocalRabbitMQ(data / f"node{n}", home=data) for n in range(size)]
+
+    def start(self) -> LocalRabbitCluster:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0].name
+        for node in self.nodes[1:]:
+            for args in (["stop_app"], ["join_cluster", first], ["start_app"]):
+                subprocess.run(  # noqa: S603 (a fixed command line)
+                    [RABBITMQCTL, "-n", node.name, *args],
+                    env={**os.environ, "HOME": str(self.home)},
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                )
+        return self
+
+    @property
+    def url(self) -> str:
+        """Every node's URL: kombu fails over between them."""
+        return ";".join(node.url for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(signal.SIGKILL)

@@ -8,6 +8,8 @@
 3b. Sustained: paced arrivals at fixed rates, stepping up until the pipeline falls behind, for
    Ticks and the naive pipeline, against the bare endpoint's max (bench/sustained.py); and
    Ticks' end-to-end latency at a light 50/s.
+3c. RabbitMQ: the drain (with its no-op ceiling) and the sustained ramp again with
+   BROKER_URL=amqp:// on a RabbitMQ node of the bench's own (bench/rabbitmq.py), beside Redis.
 4. Memory: peak RSS of a web process and of a worker (main process and pool) under load.
 5. Status page: GET / (uncached) over BENCH_STATUS_EVENTS events recorded in the last 48 hours,
    against a bare count of the last 24 hours' events; and migration 004's indexes built on
@@ -56,6 +58,7 @@ from bench.common import (
     wait_until,
     wrk,
 )
+from bench.rabbitmq import bench_rabbitmq
 from bench.sustained import bench_sustained
 from embedded import EmbeddedPostgres, EmbeddedRedis
 from workers.migrate import migrate
@@ -630,6 +633,39 @@ def markdown(results: dict[str, Any]) -> str:
             "p99 <= 100 ms",
         ),
     ]
+    rabbit = results["rabbitmq"]
+    if "skipped" in rabbit:
+        rows.append(("On RabbitMQ", "not measured", rabbit["skipped"], "", ""))
+    else:
+        r_at = rabbit["sustained"]["at_capacity"] or {}
+        rows += [
+            (
+                "On RabbitMQ: drain, callbacks/s",
+                f"{rabbit['ticks']['per_second']:.0f}",
+                f"on Redis {drain['ticks']['per_second']:.0f}",
+                f"{rabbit['ticks']['per_second'] / drain['ticks']['per_second']:.2f}x",
+                "",
+            ),
+            (
+                "On RabbitMQ: drain against Celery's ceiling there",
+                f"{rabbit['ticks']['per_second']:.0f}",
+                f"no-op task {rabbit['noop']['per_second']:.0f}",
+                f"{rabbit['ratio_vs_noop']}x",
+                "",
+            ),
+            (
+                "On RabbitMQ: sustained, callbacks/s held (e2e p99, HTTP p99 ms there)",
+                f"{rabbit['sustained']['capacity']:.0f} "
+                f"({r_at.get('e2e_p99_ms')}, {r_at.get('http_p99_ms')})",
+                f"on Redis {sustained['ticks']['capacity']:.0f}",
+                (
+                    f"{rabbit['sustained']['capacity'] / sustained['ticks']['capacity']:.2f}x"
+                    if sustained["ticks"]["capacity"]
+                    else ""
+                ),
+                "",
+            ),
+        ]
     lines = ["| Measure | Ticks | Reference | Ratio | Target |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + f"\n\nMeasured {results['when']} on {results['machine']}.\n"
@@ -668,6 +704,7 @@ def main() -> int:
             "drain": bench_drain,
             "end_to_end": bench_end_to_end,
             "sustained": bench_sustained,
+            "rabbitmq": bench_rabbitmq,
             "status_page": bench_status_page,
         }
         # Run only when named in BENCH_ONLY, and then printed, not kept.

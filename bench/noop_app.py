@@ -4,11 +4,10 @@ It registers a no-op under Ticks' own task name, so it drains the very backlog T
 (the same messages, copied), and only Celery's own cost per message remains.
 """
 
-import os
-
+from workers.broker import broker_url
 from workers.celery_app import APPLY_EVENTS, make_celery
 
-app = make_celery(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+app = make_celery(broker_url())  # BROKER_URL, else REDIS_URL, as Ticks' worker
 
 
 @app.task(name=APPLY_EVENTS)

@@ -26,12 +26,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis.exceptions
 
 from bench.common import (
     TOKEN,
@@ -148,13 +148,18 @@ def paced(url: str, prefix: str, rate: float, seconds: int, tmp: Path) -> dict[s
     }
 
 
-class QueueWatch:
-    """Sample the queue's depth (waiting + held task messages) once a second."""
+def redis_depth(client: Any, queue: str) -> Callable[[], int]:
+    """The queue's depth on Redis: task messages waiting and held by workers."""
+    return lambda: client.llen(queue) + client.hlen("unacked")
 
-    def __init__(self, client: Any, queue: str) -> None:
+
+class QueueWatch:
+    """Sample the queue's depth once a second."""
+
+    def __init__(self, depth: Callable[[], int]) -> None:
         import threading
 
-        self.client, self.queue, self.samples = client, queue, []
+        self.depth, self.samples = depth, []
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -162,8 +167,8 @@ class QueueWatch:
     def run(self) -> None:
         while not self.stopped.wait(1):
             try:
-                depth = self.client.llen(self.queue) + self.client.hlen("unacked")
-            except redis.exceptions.RedisError as exc:  # a missed sample only
+                depth = self.depth()
+            except Exception as exc:  # a missed sample only
                 log(f"queue depth not sampled: {exc}")
                 continue
             self.samples.append(depth)
@@ -190,15 +195,14 @@ def run_step(
     kind: str,
     url: str,
     database_url: str,
-    broker: Any,
-    queue: str,
+    depth: Callable[[], int],
     rate: float,
     seconds: int,
     tmp: Path,
 ) -> dict[str, Any]:
     """One rate for one pipeline: load, then wait for every accepted callback's row."""
     prefix = f"S{kind[0]}{rate}x{time.monotonic_ns() % 10**8}-"
-    watch = QueueWatch(broker, queue)
+    watch = QueueWatch(depth)
     figures = paced(url, prefix, rate, seconds, tmp)
     samples = watch.stop()
     stopped = time.monotonic()
@@ -230,11 +234,11 @@ def run_step(
     return figures
 
 
-def ramp(kind: str, url: str, database_url: str, broker: Any, queue: str, tmp: Path) -> dict:
+def ramp(kind: str, url: str, database_url: str, depth: Callable[[], int], tmp: Path) -> dict:
     """Step the rate up until a step is not held (then one more step, to be sure)."""
     steps = []
     for rate in RATES:
-        step = run_step(kind, url, database_url, broker, queue, rate, STEP_SECONDS, tmp)
+        step = run_step(kind, url, database_url, depth, rate, STEP_SECONDS, tmp)
         steps.append(step)
         log(
             f"sustained {kind} at {rate}/s: arrived {step['arrived']}/s, refused "
@@ -301,7 +305,13 @@ def bench_sustained(env: dict[str, str], database_url: str, broker: Any, tmp: Pa
             time.sleep(3)  # the worker connects
             if kind == "ticks":
                 light = run_step(
-                    kind, url, database_url, client, queue, LIGHT_RATE, min(STEP_SECONDS, 30), tmp
+                    kind,
+                    url,
+                    database_url,
+                    redis_depth(client, queue),
+                    LIGHT_RATE,
+                    min(STEP_SECONDS, 30),
+                    tmp,
                 )
                 results["light"] = light
                 log(
@@ -309,7 +319,7 @@ def bench_sustained(env: dict[str, str], database_url: str, broker: Any, tmp: Pa
                     f"{light['e2e_p50_ms']}/{light['e2e_p99_ms']} ms, HTTP p99 "
                     f"{light['http_p99_ms']} ms"
                 )
-            results[kind] = ramp(kind, url, database_url, client, queue, tmp)
+            results[kind] = ramp(kind, url, database_url, redis_depth(client, queue), tmp)
     # The bare endpoint paced at the first rate Ticks did not hold: what gunicorn, Flask and
     # this machine give a request's latency there, with nothing behind the endpoint.
     unheld = [s for s in results["ticks"]["steps"] if not s["held"]]
