@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import amqp.exceptions
 import kombu
 import psutil
 import psycopg
@@ -42,16 +43,16 @@ from workers.broker import QUEUE
 def depth(url: str) -> int:
     """Task messages ready on Ticks' queue (RabbitMQ tells ready ones, not unacknowledged)."""
     with kombu.Connection(url) as conn:
-        channel = conn.channel()
         try:
-            return int(channel.queue_declare(QUEUE, passive=True).message_count)
-        finally:
-            channel.close()
+            return int(conn.channel().queue_declare(QUEUE, passive=True).message_count)
+        except amqp.exceptions.NotFound:  # not declared yet: nothing published
+            return 0
 
 
 def empty(url: str) -> None:
+    """Delete Ticks' queue (the next publish declares it afresh)."""
     with kombu.Connection(url) as conn:
-        conn.channel().queue_purge(QUEUE)
+        conn.channel().queue_delete(QUEUE)
 
 
 def drain(kind: str, app: str, env: dict[str, str], url: str, sql: str | None, tmp: Path) -> dict:
@@ -84,9 +85,13 @@ def drain(kind: str, app: str, env: dict[str, str], url: str, sql: str | None, t
         "messages": queued,
         "seconds": round(elapsed, 1),
         "per_second": round(BACKLOG / elapsed, 1),
+        "messages_per_second": round(queued / elapsed, 1),
         "rss_mb": memory.stop(),
     }
-    log(f"rabbitmq drain {kind}: {queued} messages, {result['per_second']:.0f} callbacks/s")
+    log(
+        f"rabbitmq drain {kind}: {queued} messages, {result['messages_per_second']:.0f} "
+        f"messages/s, {result['per_second']:.0f} callbacks/s"
+    )
     return result
 
 
@@ -111,8 +116,9 @@ def bench_rabbitmq(env: dict[str, str], database_url: str, broker: Any, tmp: Pat
             "SELECT count(*) FROM status_events",
             tmp,
         )
+        # Each posting groups callbacks its own way: compared by task messages, not callbacks.
         results["ratio_vs_noop"] = round(
-            results["ticks"]["per_second"] / results["noop"]["per_second"], 3
+            results["ticks"]["messages_per_second"] / results["noop"]["messages_per_second"], 3
         )
         empty(server.url)
         port = free_port()

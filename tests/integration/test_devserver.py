@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, free_port, wait_for
+from tests.conftest import FIXTURES, ROOT, empty_rabbitmq, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 CLEARED = (
@@ -44,8 +44,10 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 
 class Devserver:
-    def __init__(self, var: Path, port: int, flower_port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    def __init__(
+        self, var: Path, port: int, flower_port: int, env: dict[str, str] | None = None
+    ) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in CLEARED} | (env or {})
         env |= {
             "TICKS_VAR_DIR": str(var),
             "PORT": str(port),
@@ -204,3 +206,39 @@ def test_start_serve_stop_restart(tmp_path):
         )
     finally:
         again.stop()
+
+
+def test_make_run_on_rabbitmq(tmp_path, rabbitmq_url):
+    """BROKER_URL=amqp://... make run: no embedded Redis, every endpoint served as on Redis."""
+    empty_rabbitmq(rabbitmq_url)
+    server = Devserver(tmp_path / "var", free_port(), free_port(), {"BROKER_URL": rabbitmq_url})
+    try:
+        server.wait_ready(timeout=120)
+        printed = server.output()
+        assert "embedded Redis" not in printed
+        assert not (tmp_path / "var" / "redis").exists()
+        zapi_url = re.search(r"zapi\s+webhook URL: (\S+)", printed).group(1)
+        api_token = re.search(r"API_TOKEN: (\S+)", printed).group(1)
+        auth = {"Authorization": f"Bearer {api_token}"}
+        path = zapi_url.split("localhost:", 1)[1].split("/", 1)[1]
+        body = (FIXTURES / "zapi" / "seed_sent.json").read_bytes()
+        assert http(
+            "POST", f"{server.base}/{path}", body, {"Content-Type": "application/json"}
+        ) == (200, {"accepted": 1})
+        message_url = f"{server.base}/messages/zapi/999999999999999999999"
+        _status, message = wait_for(
+            lambda: (r := http("GET", message_url, headers=auth))[0] == 200 and r, timeout=30
+        )
+        assert message["status"] == "sent"
+        assert http("GET", f"{server.base}/readyz")[0] == 200
+        assert http("GET", f"{server.base}/dead-letters", headers=auth)[0] == 200
+        assert http("GET", f"{server.base}/quarantine", headers=auth)[0] == 200
+        request = urllib.request.Request(f"{server.base}/metrics", headers=auth)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert "ticks_broker_up 1.0" in response.read().decode()
+        request = urllib.request.Request(f"{server.base}/", headers=auth)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert "kept by the broker" in response.read().decode()
+    finally:
+        server.stop()
+        empty_rabbitmq(rabbitmq_url)
