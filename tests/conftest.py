@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -132,14 +133,15 @@ def rabbitmq_url() -> str:
 
 
 def empty_rabbitmq(url: str) -> None:
-    """Delete Ticks' queues (the next publish declares them afresh, empty)."""
+    """Empty Ticks' queues (purged, not deleted: publishers keep their declarations)."""
+    import amqp.exceptions
+
     from workers.broker import DEAD_LETTER_QUEUE, QUEUE
 
     with kombu.Connection(url) as conn:
-        channel = conn.channel()
         for name in (QUEUE, DEAD_LETTER_QUEUE):
-            channel.queue_delete(name)
-        channel.close()
+            with contextlib.suppress(amqp.exceptions.NotFound):  # not declared yet
+                conn.channel().queue_purge(name)
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -274,14 +274,19 @@ class RabbitBroker:
                     headers=headers,
                     serializer="json",
                     delivery_mode=2,
+                    # Unroutable (the queue deleted behind a connection that declared it
+                    # once): RabbitMQ returns it and py-amqp raises, instead of confirming a
+                    # message that went nowhere.
+                    mandatory=True,
                     retry=False,
                     timeout=timeout,
                     confirm_timeout=timeout,
                     **properties,
                 )
             except BaseException:
-                # The connection may be half dead (a missed confirm, a broken socket): drop
-                # it, so the next publish connects afresh.
+                # The connection may be half dead (a missed confirm, a broken socket) or
+                # believe a deleted queue declared: drop it, so the next publish connects
+                # and declares afresh.
                 producer.connection.collect()
                 raise
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import amqp.exceptions
 import kombu
 import pytest
 from flask.testing import FlaskClient
@@ -41,14 +42,10 @@ pytestmark = pytest.mark.fault
 def waiting(url: str, queue: str = QUEUE) -> int:
     """Messages ready on a queue (0 when it does not exist yet)."""
     with kombu.Connection(url) as conn:
-        channel = conn.channel()
         try:
-            return channel.queue_declare(queue, passive=True).message_count
-        except Exception:
+            return int(conn.channel().queue_declare(queue, passive=True).message_count)
+        except amqp.exceptions.NotFound:
             return 0
-        finally:
-            if channel.is_open:
-                channel.close()
 
 
 @pytest.fixture
@@ -109,6 +106,18 @@ def test_callbacks_are_confirmed_on_a_quorum_queue_then_applied(
     wait_for(lambda: waiting(rabbit) == 0, timeout=10)
     assert "redis" not in worker.output().lower().replace("redis_url", "")
     assert count(db, "SELECT count(*) FROM dead_letters") == 0
+
+
+def test_a_deleted_queue_is_refused_not_confirmed_into_nowhere(db, rabbit, database_url):
+    """A queue deleted behind the web's back: publishing to it would be confirmed and
+    dropped. Published as mandatory, it is returned: 503 (retried), then declared again."""
+    client = client_for(database_url, rabbit)
+    post_all(client, [zapi("SENT", "DQ-1")])
+    with kombu.Connection(rabbit) as conn:
+        conn.channel().queue_delete(QUEUE)
+    assert client.post(ZAPI_URL, json=zapi("SENT", "DQ-2")).status_code == 503
+    post_all(client, [zapi("SENT", "DQ-3")])
+    assert waiting(rabbit) == 1
 
 
 def test_worker_killed_mid_drain_loses_nothing_and_doubles_nothing(
