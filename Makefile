@@ -11,15 +11,19 @@ STAMP_DEV := $(VENV)/.installed-dev
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
 
+# Ticks runs on CPython 3.11 to 3.14 (its embedded servers ship wheels for those).
 $(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))' 2>/dev/null || { \
+	  echo "make: Ticks needs Python 3.11 to 3.14; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)."; \
+	  echo "      Run with another one, e.g. make $(MAKECMDGOALS) PYTHON=python3.13"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP_RUN): requirements.txt | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -r requirements.txt
+$(STAMP_RUN): requirements.txt requirements-embedded.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-embedded.txt
 	touch $@
 
-$(STAMP_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(STAMP_DEV): requirements.txt requirements-embedded.txt requirements-dev.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@ $(STAMP_RUN)
 

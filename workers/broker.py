@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import amqp.exceptions
 import kombu.exceptions
@@ -93,10 +95,38 @@ class RedisBroker:
     DELIVERY_KEY_TTL = 7 * 24 * 3600
 
     def configure(self, celery: Celery, visibility_timeout: int, **transport_options: Any) -> None:
-        celery.conf.broker_transport_options = {
-            "visibility_timeout": visibility_timeout,
-            **transport_options,
-        }
+        options = {"visibility_timeout": visibility_timeout, **transport_options}
+        for name, default in LEDGER_FOLLOWS.items():
+            if options.get(name, default) != default:
+                raise RuntimeError(
+                    f"broker transport option {name}={options[name]!r} is not supported: the "
+                    "in-flight ledger (workers/ledger.py) reads kombu's Redis keys by their "
+                    "default names; remove it (use a Redis database of its own instead of a "
+                    "key prefix)"
+                )
+        celery.conf.broker_transport_options = options
+        url = urlsplit(celery.conf.broker_url or "")
+        if url.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(url.query):
+            # kombu checks no certificate for a bare rediss:// URL; Ticks does, unless the URL
+            # says otherwise (?ssl_cert_reqs=none for a platform's self-signed certificate,
+            # or ?ssl_ca_certs=/path/ca.pem&ssl_cert_reqs=required).
+            celery.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+    def check_server(self, celery: Celery) -> None:
+        """Warn when Redis may evict task messages (a lost callback each)."""
+        try:
+            with celery.connection_for_write() as conn:
+                policy = conn.default_channel.client.config_get("maxmemory-policy")
+        except ERRORS as exc:  # managed Redis often refuses CONFIG: nothing to say then
+            log.debug("maxmemory-policy not readable: %s", exc)
+            return
+        value = policy.get("maxmemory-policy", "noeviction")
+        if value.startswith("allkeys"):
+            log.warning(
+                "Redis maxmemory-policy is %s: under memory pressure Redis may evict task "
+                "messages (callbacks already answered 200). Set maxmemory-policy noeviction.",
+                value,
+            )
 
     def publish(
         self,
@@ -179,6 +209,14 @@ class RedisBroker:
         with celery.connection_for_write() as conn:
             conn.default_channel.client.ping()
 
+
+# kombu's Redis transport options the ledger depends on, with the only values it follows.
+LEDGER_FOLLOWS: dict[str, Any] = {
+    "global_keyprefix": "",
+    "unacked_key": "unacked",
+    "unacked_index_key": "unacked_index",
+    "unacked_mutex_key": "unacked_mutex",
+}
 
 # RabbitMQ's names: the task queue, its dead-letter exchange and the queue behind it.
 DEAD_LETTER_EXCHANGE = "ticks.dead-letter"
@@ -321,6 +359,9 @@ class RabbitBroker:
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             conn.default_channel  # noqa: B018  (opens a channel: the broker answered)
+
+    def check_server(self, celery: Celery) -> None:
+        """Nothing to check: RabbitMQ's alarms block publishers, which Ticks answers 503."""
 
 
 Broker = RedisBroker | RabbitBroker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -54,8 +55,24 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         # Flower and `celery events` follow tasks through these events.
         worker_send_task_events=True,
     )
-    broker.for_url(broker_url).configure(app, VISIBILITY_TIMEOUT, **transport_options)
+    options = {**transport_options, **extra_transport_options()}
+    broker.for_url(broker_url).configure(app, VISIBILITY_TIMEOUT, **options)
     return app
+
+
+def extra_transport_options() -> dict[str, Any]:
+    """kombu transport options from BROKER_TRANSPORT_OPTIONS (a JSON object), e.g. Redis
+    Sentinel's {"master_name": "mymaster"}."""
+    raw = os.environ.get("BROKER_TRANSPORT_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):
+        raise RuntimeError(f"BROKER_TRANSPORT_OPTIONS must be a JSON object, not {raw!r}")
+    return options
 
 
 @signals.worker_process_init.connect
@@ -92,8 +109,9 @@ def worker_metrics_dir(**kwargs: Any) -> None:
 
 @signals.worker_ready.connect
 def serve_worker_metrics(**kwargs: Any) -> None:
-    """The main process serves the pool's metrics."""
+    """The main process serves the pool's metrics; and says if the broker may lose messages."""
     metrics.serve()
+    BROKER.check_server(app)
 
 
 @signals.worker_process_shutdown.connect

@@ -14,8 +14,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from functools import cache
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +94,42 @@ def use_multiprocess_dir() -> None:
             os.unlink(stale.path)
 
 
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: probes every few seconds would fill it."""
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 def serve() -> Any:
-    """Serve the sum of every pool process's metrics on WORKER_METRICS_PORT (0: not at all)."""
+    """Serve the sum of every pool process's metrics, and the worker's health check
+    (/healthz, workers/health.py), on WORKER_METRICS_PORT (0: not at all)."""
     port = int(os.environ.get("WORKER_METRICS_PORT", DEFAULT_PORT))
     if not port:
         return None
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
+
+    from workers.health import health_app
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     address = os.environ.get("WORKER_METRICS_ADDRESS", "127.0.0.1")
     try:
-        server, _thread = start_http_server(port, address, registry)
+        server = make_server(
+            address,
+            port,
+            health_app(make_wsgi_app(registry)),
+            ThreadingWSGIServer,
+            handler_class=QuietHandler,
+        )
     except OSError as exc:  # another worker on this host has the port: it serves them too
         log.warning("worker metrics not served on %s:%d: %s", address, port, exc)
         return None
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
     log.info(
-        "worker metrics on http://%s:%d/metrics (samples in %s)",
+        "worker metrics on http://%s:%d/metrics, health on /healthz (samples in %s)",
         address,
         port,
         os.environ.get("PROMETHEUS_MULTIPROC_DIR"),

@@ -13,12 +13,14 @@ from workers import recovery, store
 from workers.celery_app import APPLY_EVENTS, BROKER, QUARANTINE, app
 from workers.db import get_pool
 from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
+from workers.health import Liveness
 from workers.metrics import metrics
 from workers.redact import mask_phone
 from workers.store import Outcome
 
 log = logging.getLogger(__name__)
 
+app.steps["consumer"].add(Liveness)
 if BROKER.name == "redis":
     app.steps["worker"].add(LedgerSweeper)
     app.steps["consumer"].add(recovery.Recover)

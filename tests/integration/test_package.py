@@ -1,0 +1,138 @@
+"""`pip install .`: the package alone (no checkout on the path) runs web, worker and commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import API_TOKEN, ROOT, free_port, load_fixture, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_pip_install_then_web_worker_and_commands_run_from_the_package(
+    tmp_path: Path, database_url: str, redis_url: str, broker, db
+):
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (target / "app" / "templates" / "status.html").exists()
+    assert (target / "bin" / "ticks-migrate").exists()
+    outside = tmp_path / "elsewhere"  # not the checkout: only the installed package imports
+    outside.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(target),
+        "DATABASE_URL": database_url,
+        "BROKER_URL": redis_url,
+        "API_TOKEN": API_TOKEN,
+        "ZAPI_WEBHOOK_TOKENS": "pkg-token",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "WORKER_METRICS_PORT": "0",
+    }
+    migrate = subprocess.run(
+        [str(target / "bin" / "ticks-migrate")],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "python:app.gunicorn_conf",
+            "app:create_app()",
+        ],
+        cwd=outside,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            "ticks",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=outside,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=60)
+        page = urllib.request.Request(f"{base}/", headers={"Authorization": f"Bearer {API_TOKEN}"})
+        with urllib.request.urlopen(page, timeout=10) as response:  # the packaged template
+            assert b"<html" in response.read().lower()
+        post = urllib.request.Request(
+            f"{base}/webhooks/zapi/pkg-token",
+            data=(Path(ROOT) / "tests/fixtures/zapi/seed_sent.json").read_bytes(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(post, timeout=10) as response:
+            assert response.status == 200
+        message_id = load_fixture("zapi", "seed_sent")["ids"][0]
+        wait_for(
+            lambda: db.execute(
+                "SELECT status FROM messages WHERE message_id = %s", (message_id,)
+            ).fetchone(),
+            timeout=60,
+        )
+    finally:
+        for process in (web, worker):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        time.sleep(0.1)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
