@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from workers.db import database_url
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The `migrations` package: beside workers/ in a checkout, in site-packages once installed.
+MIGRATIONS_DIR = Path(importlib.util.find_spec("migrations").origin or "").parent  # type: ignore[union-attr]
 # Any constant shared by every migrator: concurrent releases wait for each other.
 ADVISORY_LOCK_ID = 7_406_301
 
@@ -26,8 +28,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 def pending(conn: psycopg.Connection) -> list[Path]:
     """Return the migration files not yet applied, in order."""
+    files = sorted(MIGRATIONS_DIR.glob("*.sql"))
+    if not files:  # a broken install: saying "none pending" would leave the schema missing
+        raise RuntimeError(f"no migration files in {MIGRATIONS_DIR}")
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    return [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.stem not in applied]
+    return [path for path in files if path.stem not in applied]
 
 
 def migrate(conninfo: str) -> list[str]:

@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.conftest import API_TOKEN, ROOT, free_port, load_fixture, wait_for
 
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_pip_install_then_web_worker_and_commands_run_from_the_package(
-    tmp_path: Path, database_url: str, redis_url: str, broker, db
+    tmp_path: Path, postgres_url: str, redis_url: str, broker
 ):
     target = tmp_path / "site"
     subprocess.run(
@@ -40,6 +42,11 @@ def test_pip_install_then_web_worker_and_commands_run_from_the_package(
     )
     assert (target / "app" / "templates" / "status.html").exists()
     assert (target / "bin" / "ticks-migrate").exists()
+    assert sorted(p.name for p in (target / "migrations").glob("*.sql"))[0] == "001_initial.sql"
+    name = f"ticks_pkg_{uuid.uuid4().hex[:8]}"  # a fresh database: the package's migrations
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = make_conninfo(postgres_url, dbname=name)
     outside = tmp_path / "elsewhere"  # not the checkout: only the installed package imports
     outside.mkdir()
     port = free_port()
@@ -63,6 +70,8 @@ def test_pip_install_then_web_worker_and_commands_run_from_the_package(
         timeout=60,
     )
     assert migrate.returncode == 0, migrate.stderr
+    assert "applied 4 migration(s)" in migrate.stderr
+    db = psycopg.connect(database_url, autocommit=True)
     web = subprocess.Popen(
         [
             sys.executable,
@@ -134,5 +143,5 @@ def test_pip_install_then_web_worker_and_commands_run_from_the_package(
             except subprocess.TimeoutExpired:
                 process.kill()
         time.sleep(0.1)
-    with psycopg.connect(database_url) as conn:
-        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    db.close()

@@ -1,0 +1,1 @@
+"""The numbered SQL migrations (a package so that `pip install .` ships them)."""
