@@ -283,3 +283,19 @@ def test_opposite_message_orders_do_not_deadlock(db, database_url):
     run_concurrently(database_url, [forward, list(reversed(forward))] * 2)
     assert db.execute("SELECT count(*) FROM messages").fetchone() == (50,)
     assert db.execute("SELECT count(*) FROM status_events").fetchone() == (50,)
+
+
+def test_the_pool_follows_the_database_asked_for(database_url, postgres_url):
+    """A process asked for another database gets a pool on it, not the first one's."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from workers.db import close_pool, get_pool
+
+    first = get_pool(database_url)
+    assert get_pool(database_url) is first
+    other = get_pool(postgres_url)
+    assert other.conninfo == postgres_url and first.closed
+    with other.connection() as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+    assert name == conninfo_to_dict(postgres_url).get("dbname", "postgres")
+    close_pool()

@@ -22,12 +22,18 @@ def get_pool(conninfo: str | None = None) -> ConnectionPool:
     """Return this process's pool, creating it on first use and after a fork.
 
     A pool inherited through fork shares sockets with the parent, so a child builds its
-    own (Celery's prefork children and gunicorn's workers both fork).
+    own (Celery's prefork children and gunicorn's workers both fork). Asked for another
+    database than its pool's, a process closes that pool and opens one on the database asked.
     """
     global _pool, _pool_pid
+    wanted = conninfo or database_url()
+    if _pool is not None and _pool_pid == os.getpid() and _pool.conninfo != wanted:
+        # Another database than the pool's (tests build apps on several): not the old one's.
+        _pool.close()
+        _pool = None
     if _pool is None or _pool_pid != os.getpid():
         _pool = ConnectionPool(
-            conninfo or database_url(),
+            wanted,
             min_size=1,
             max_size=POOL_MAX_SIZE,
             kwargs={"connect_timeout": 5},
