@@ -9,7 +9,9 @@ defaults (1 h, 2 min): nothing here may wait for them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import time
@@ -89,16 +91,43 @@ def committed(db, prefix: str) -> set[str]:
     return {row[0] for row in rows}
 
 
-def check_recovery(db, load: PacedLoad, prefix: str, back_at: float, worker, expect_lost=()):
+def where_are(broker, message_ids: set[str]) -> dict[str, list[str]]:
+    """Where Redis still holds each message id: the queue, kombu's unacked, the ledger."""
+    places: dict[str, list[str]] = {mid: [] for mid in message_ids}
+    for name, values in (
+        ("queue", broker.lrange(QUEUE, 0, -1)),
+        ("unacked", broker.hvals("unacked")),
+        ("ledger", broker.hvals(ledger.MESSAGES)),
+    ):
+        for raw in values:
+            message = json.loads(raw)
+            if isinstance(message, list):  # unacked: [message, exchange, routing key]
+                message = message[0]
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if isinstance(message, dict) and "body" in message:
+                text = base64.b64decode(message["body"]).decode(errors="replace")
+            for mid in message_ids:
+                if f'"{mid}"' in text:
+                    places[mid].append(name)
+    return places
+
+
+def check_recovery(
+    db, load: PacedLoad, prefix: str, back_at: float, worker, expect_lost=(), broker=None
+):
     """Every callback answered 200 committed once, soon, by the same worker process."""
     accepted = load.accepted() - set(expect_lost)
     deadline = time.monotonic() + RECOVERY_SECONDS
     while not accepted <= committed(db, prefix):
         if time.monotonic() > deadline:
             missing = accepted - committed(db, prefix)
+            try:
+                places = where_are(broker, missing) if broker is not None else {}
+            except Exception as exc:  # the diagnosis must not hide the failure
+                places = {"?": [repr(exc)]}
             pytest.fail(
                 f"{len(missing)} of {len(accepted)} callbacks answered 200 not committed "
-                f"{RECOVERY_SECONDS}s after Redis' return; worker alive: "
+                f"{RECOVERY_SECONDS}s after Redis' return ({places}); worker alive: "
                 f"{worker.process.poll() is None}; its log ends:\n{worker.output()[-6000:]}"
             )
         time.sleep(0.1)
@@ -132,7 +161,7 @@ def test_redis_away_under_load_worker_survives_and_everything_lands(
         time.sleep(3)
     finally:
         load.stop()
-    recovered = check_recovery(db, load, prefix, back_at, worker)
+    recovered = check_recovery(db, load, prefix, back_at, worker, broker=own_redis.client())
     assert worker.process.pid == pid
     broker = own_redis.client()
     wait_for(lambda: broker.llen(QUEUE) == 0 and not broker.hlen("unacked"), timeout=10)

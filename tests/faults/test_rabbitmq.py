@@ -37,6 +37,9 @@ from workers.celery_app import APPLY_EVENTS
 from workers.guarded import POISON_RETRIES
 
 pytestmark = pytest.mark.fault
+# A node of the cluster killed: the seconds within which publishes may be refused (503) while
+# the publisher reconnects to another node and the quorum queue elects a new leader.
+FAILOVER_SECONDS = 10
 
 
 def waiting(url: str, queue: str = QUEUE) -> int:
@@ -262,7 +265,8 @@ def test_rabbitmq_restart_keeps_its_confirmed_backlog(
     # Confirmed means on disk (a quorum queue confirms once its log is synced): no wait.
     own_rabbit.stop(how)
     own_rabbit.start()
-    assert waiting(own_rabbit.url) == 500
+    # The quorum queue recovers its log as the node starts: it may count up for a moment.
+    wait_for(lambda: waiting(own_rabbit.url) == 500, timeout=30)
     rabbit_worker(start_worker, own_rabbit.url)
     wait_for(lambda: events_landed(db) == 500, timeout=120)
 
@@ -298,20 +302,28 @@ def test_a_quorum_queue_on_three_nodes_survives_losing_one_under_load(
     try:
         client = client_for(database_url, cluster.url)
         rabbit_worker(start_worker, cluster.url)
-        answers: dict[str, int] = {}
-        for n in range(600):
-            if n == 200:
+        answers: dict[str, tuple[float, int]] = {}  # message id -> (seconds after the kill, code)
+        started = time.monotonic()
+        killed_at = None
+        n = 0
+        while time.monotonic() - started < 25:
+            if killed_at is None and time.monotonic() - started > 5:
                 cluster.nodes[0].stop(signal.SIGKILL)
+                killed_at = time.monotonic()
             message_id = f"CL-{n}"
-            answers[message_id] = client.post(ZAPI_URL, json=zapi("SENT", message_id)).status_code
-            time.sleep(0.005)
-        accepted = {mid for mid, code in answers.items() if code == 200}
-        assert set(answers.values()) <= {200, 503}
-        # It kept accepting: at most a few refusals (503, retried by the provider) while the
-        # publisher found the next node, then none.
-        refused = sorted(set(answers) - accepted, key=lambda mid: int(mid[3:]))
-        assert len(refused) <= 10, refused
-        assert all(answers[f"CL-{n}"] == 200 for n in range(300, 600)), refused
+            code = client.post(ZAPI_URL, json=zapi("SENT", message_id)).status_code
+            since = time.monotonic() - killed_at if killed_at is not None else -1.0
+            answers[message_id] = (since, code)
+            n += 1
+            time.sleep(0.01)
+        accepted = {mid for mid, (_, code) in answers.items() if code == 200}
+        assert {code for _, code in answers.values()} <= {200, 503}
+        # It kept accepting: refusals (503, retried by the provider) only while the publisher
+        # found the next node and the queue elected a new leader, then none.
+        refused = sorted(since for since, code in answers.values() if code != 200)
+        assert all(since < FAILOVER_SECONDS for since in refused), refused
+        after = [code for since, code in answers.values() if since >= FAILOVER_SECONDS]
+        assert after and set(after) == {200}
         wait_for(
             lambda: (
                 count(db, "SELECT count(*) FROM messages WHERE message_id LIKE 'CL-%'")
@@ -327,9 +339,10 @@ def test_a_quorum_queue_on_three_nodes_survives_losing_one_under_load(
         assert count(db, "SELECT count(*) FROM status_events WHERE message_id LIKE 'CL-%'") == len(
             landed
         )
+        window = f"{refused[0]:.1f}-{refused[-1]:.1f} s after the kill" if refused else "none"
         print(
-            f"\nRabbitMQ cluster, a node killed under load: {len(accepted)} of 600 answered 200 "
-            f"(refused while failing over: {refused}), all landed once"
+            f"\nRabbitMQ cluster, a node killed under load: {len(accepted)} of {len(answers)} "
+            f"answered 200; {len(refused)} refused ({window}); all landed once"
         )
     finally:
         cluster.stop()
