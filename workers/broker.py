@@ -236,9 +236,10 @@ def task_queue() -> Queue:
         durable=True,
         queue_arguments={
             "x-queue-type": "quorum",
-            # Returned (a worker died holding it, or handed it back) more than this many
-            # times: dead-lettered. The worker hands a message back on shutdown or after a
-            # long database outage too, so the limit leaves room for those.
+            # Returned more than this many times (a worker died holding it): dead-lettered,
+            # after 3 deliveries as on Redis. A message handed back on shutdown or after a
+            # long database outage counts too (as on Redis): dead-lettered then, it waits in
+            # dead_letters for a replay, never lost.
             "x-delivery-limit": MAX_DELIVERIES - 1,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             # at-least-once: a dead letter leaves the queue only once the dead-letter queue
