@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
 
-from tests.conftest import WEBHOOK_TOKENS
+from tests.conftest import ROOT, WEBHOOK_TOKENS
 
 ZAPI_URL = f"/webhooks/zapi/{WEBHOOK_TOKENS['zapi'][0]}"
 PROGRESS = ["SENT", "RECEIVED", "READ", "PLAYED"]
@@ -67,3 +70,23 @@ def assert_exactly_once(conn: psycopg.Connection, prefix: str, messages: int) ->
         conn,
         "SELECT count(*) FROM (SELECT DISTINCT provider, message_id, status FROM status_events) d",
     ) == events_landed(conn)
+
+
+def post_all(client: Any, bodies: list[dict[str, Any]]) -> None:
+    """Post each callback through the endpoint; each must be answered 200."""
+    for body in bodies:
+        response = client.post(ZAPI_URL, json=body)
+        assert response.status_code == 200, response.json
+
+
+def deadletters_command(database_url: str, broker_url: str, *args: str) -> str:
+    """Run `python -m workers.deadletters ARGS` on this database and broker; its output."""
+    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": broker_url}
+    return subprocess.run(
+        [sys.executable, "-m", "workers.deadletters", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +21,15 @@ import pytest
 from flask.testing import FlaskClient
 
 from embedded import RABBITMQ_SERVER, LocalRabbitCluster, LocalRabbitMQ
-from tests.conftest import ROOT, empty_rabbitmq, make_app, skip_or_fail, wait_for
+from tests.conftest import empty_rabbitmq, make_app, skip_or_fail, wait_for
 from tests.faults.helpers import (
     ZAPI_URL,
     assert_exactly_once,
     count,
+    deadletters_command,
     events_landed,
     lifecycle_callbacks,
+    post_all,
     zapi,
 )
 from workers.broker import DEAD_LETTER_QUEUE, MAX_DELIVERIES, QUEUE
@@ -74,12 +74,6 @@ def client_for(database_url: str, url: str) -> FlaskClient:
 def rabbit_worker(start_worker: Any, url: str, name: str = "w1", **options: Any) -> Any:
     env = {**options.pop("env", {}), "BROKER_URL": url}
     return start_worker(name, env=env, **options)
-
-
-def post_all(client: FlaskClient, bodies: list[dict[str, Any]]) -> None:
-    for body in bodies:
-        response = client.post(ZAPI_URL, json=body)
-        assert response.status_code == 200, response.json
 
 
 def test_callbacks_are_confirmed_on_a_quorum_queue_then_applied(
@@ -176,18 +170,6 @@ def test_poison_message_is_dead_lettered_without_blocking_others(
     )
     assert letter[0:2] == ("poison-1", bad)
     assert "status" in letter[2]
-
-
-def deadletters_command(database_url: str, url: str, *args: str) -> str:
-    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "workers.deadletters", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def test_message_that_kills_its_worker_is_dead_lettered_by_the_delivery_limit(

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import wait_for
 from tests.faults.helpers import (
-    ZAPI_URL,
     assert_exactly_once,
     count,
+    deadletters_command,
     events_landed,
     lifecycle_callbacks,
+    post_all,
     zapi,
 )
 from workers import ledger
@@ -32,12 +30,6 @@ QUICK_REDELIVERY = {
     "TICKS_SWEEP_INTERVAL": "2",
     "TICKS_SWEEP_MIN_AGE": "15",
 }
-
-
-def post_all(client, bodies) -> None:
-    for body in bodies:
-        response = client.post(ZAPI_URL, json=body)
-        assert response.status_code == 200, response.json
 
 
 def test_worker_killed_mid_drain_loses_nothing_and_doubles_nothing(
@@ -101,18 +93,6 @@ def test_poison_message_is_retried_then_dead_lettered_without_blocking_others(
     assert letter[0:3] == ("poison-1", APPLY_EVENTS, bad)
     assert "status" in letter[3]
     assert count(db, "SELECT count(*) FROM messages WHERE message_id = 'P1'") == 0
-
-
-def deadletters_command(database_url: str, redis_url: str, *args: str) -> str:
-    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": redis_url}
-    return subprocess.run(
-        [sys.executable, "-m", "workers.deadletters", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def test_message_that_kills_its_worker_is_dead_lettered_then_replayed(
