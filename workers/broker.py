@@ -17,7 +17,6 @@ without it ``REDIS_URL``, then Redis on localhost. app/ and workers/ call ``curr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -384,7 +383,7 @@ def dead_letter_record(body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
     reason = deaths[0].get("reason", "unknown") if isinstance(deaths[0], dict) else "unknown"
     deliveries = int(headers.get("x-delivery-count") or MAX_DELIVERIES)
     return {
-        "task_id": headers.get("id") or headers.get("x-first-death-queue") or "unknown",
+        "task_id": headers.get("id") or "unknown",
         "task_name": headers.get("task", "unknown"),
         "payload": args[0] if args else body,
         "error": (
@@ -393,11 +392,3 @@ def dead_letter_record(body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "deliveries": deliveries,
     }
-
-
-def decode_body(message: Any) -> Any:
-    """Return a dead-lettered message's decoded body (Celery's JSON)."""
-    try:
-        return message.decode()
-    except Exception:  # not JSON, or not Celery's: keep it as text
-        return json.loads(json.dumps(message.body, default=str))
