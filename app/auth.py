@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 
 from flask import current_app, request
 
 from app.errors import ApiError
-
-
-def header_token(authorization: str | None) -> str | None:
-    """Return the token of an ``Authorization`` header: ``<scheme> <token>`` or a bare token."""
-    parts = (authorization or "").split()
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[1]
-    return None
+from schemas.registry import any_matches, header_token
 
 
 def token_matches(given: str | None, accepted: Iterable[str]) -> bool:
     """Return whether ``given`` equals one of ``accepted``, comparing every one in full."""
-    candidate = (given or "").encode()
-    found = False
-    for token in accepted:
-        found |= hmac.compare_digest(candidate, token.encode())
-    return found and bool(candidate)
+    return any_matches((given or "").encode(), (token.encode() for token in accepted))
 
 
 def require_api_token() -> None:

@@ -7,10 +7,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.registry import REGISTRY
 from workers.broker import broker_url
 from workers.db import DEFAULT_DATABASE_URL
 
-PROVIDERS = ("zapi", "greenapi", "plug")
 # Where the web app keeps its publishing Celery app (app.extensions).
 CELERY_EXTENSION = "ticks.celery"
 DEFAULT_MAX_BODY_BYTES = 65536
@@ -42,9 +42,15 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # BROKER_URL (amqp:// RabbitMQ, redis:// Redis), else REDIS_URL (workers/broker.py).
         "BROKER_URL": broker_url(env),
         "API_TOKEN": env.get("API_TOKEN", ""),
+        # Per provider, the secrets that prove a callback came from it (its record names the
+        # setting: tokens, or signing secrets), and those of its subscription handshake.
         "WEBHOOK_TOKENS": {
-            provider: split_tokens(env.get(f"{provider.upper()}_WEBHOOK_TOKENS"))
-            for provider in PROVIDERS
+            name: split_tokens(env.get(record.auth.setting)) for name, record in REGISTRY.items()
+        },
+        "VERIFY_TOKENS": {
+            name: split_tokens(env.get(record.handshake.setting))
+            for name, record in REGISTRY.items()
+            if record.handshake
         },
         "MAX_BODY_BYTES": int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         "RETRY_AFTER_SECONDS": int(env.get("RETRY_AFTER_SECONDS", "5")),

@@ -19,9 +19,13 @@ bp = Blueprint("messages", __name__)
 
 
 def to_json(value: Any) -> Any:
-    """Render datetimes as ISO 8601 in UTC with an offset; leave the rest."""
+    """Render datetimes as ISO 8601 in UTC with an offset, in lists and dicts too."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
+    if isinstance(value, dict):
+        return {key: to_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_json(item) for item in value]
     return value
 
 
@@ -43,5 +47,4 @@ def show(provider: str, message_id: str) -> Response:
         raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None
     if message is None:
         raise ApiError(404, "message not found")
-    message["events"] = [{k: to_json(v) for k, v in e.items()} for e in message["events"]]
-    return jsonify({k: to_json(v) for k, v in message.items()})
+    return jsonify(to_json(message))

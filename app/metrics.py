@@ -25,7 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from app.auth import require_api_token
-from app.config import CELERY_EXTENSION, PROVIDERS
+from app.config import CELERY_EXTENSION
+from schemas.registry import PROVIDERS
 from workers import broker
 
 bp = Blueprint("metrics", __name__)

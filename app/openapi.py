@@ -9,11 +9,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app, jsonify
 
-from app.config import PROVIDERS
 from schemas import api
 from schemas.fields import EpochTimestamp, Identifier, Text
-from schemas.greenapi import OutgoingMessageStatusSchema
-from schemas.zapi import MessageStatusSchema
+from schemas.registry import REGISTRY, ProviderRecord, TokenAuth
 
 bp = Blueprint("openapi", __name__)
 SPEC = "ticks.openapi"
@@ -40,36 +38,105 @@ ERRORS = {
         headers={"Retry-After": {"schema": {"type": "integer"}}},
     ),
 }
-WEBHOOK_ANSWERS = {
-    "200": answer(
-        "enqueued (`accepted`), another webhook type (`ignored`), or, for greenapi only, an "
-        "invalid body kept in quarantine (`quarantined`)",
-        "Accepted",
-        headers={"X-Request-Id": {"schema": {"type": "string"}}},
-    ),
-    "422": answer("authenticated but invalid: the body is kept in quarantine"),
-    **ERRORS,
-}
-WEBHOOK_BODY = {
-    "required": True,
-    "content": {
-        JSON: {
-            "schema": {
-                "oneOf": [
-                    {"$ref": "#/components/schemas/ZapiStatusCallback"},
-                    {"$ref": "#/components/schemas/GreenApiStatusNotification"},
-                ]
-            }
-        }
-    },
-}
 PROVIDER = {
     "name": "provider",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "enum": list(PROVIDERS)},
-    "description": "zapi and plug send Z-API style bodies; greenapi its own",
+    "schema": {"type": "string", "enum": list(REGISTRY)},
 }
+
+
+def webhook_answers(record: ProviderRecord) -> dict[str, Any]:
+    """What a provider's POST is answered."""
+    kept = "; an invalid body kept in quarantine (`quarantined`)"
+    answers = {
+        "200": answer(
+            "enqueued (`accepted`), another webhook type (`ignored`)"
+            + (kept if record.invalid_status == 200 else ""),
+            "Accepted",
+            headers={"X-Request-Id": {"schema": {"type": "string"}}},
+        ),
+        **ERRORS,
+        "401": answer(f"missing or wrong {record.auth.proof}"),
+        "404": answer(f"{record.auth.setting} is not set"),
+    }
+    if record.invalid_status != 200:
+        answers["422"] = answer("authenticated but invalid: the body is kept in quarantine")
+    return answers
+
+
+def webhook_body(record: ProviderRecord) -> dict[str, Any]:
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name, _ in record.schemas]
+    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def webhook_paths(spec: APISpec, record: ProviderRecord) -> None:
+    """A provider's operations: POST with its proof of origin, and its handshake GET."""
+    post = {
+        "tags": ["webhooks"],
+        "description": f"{record.title} ({record.docs}).",
+        "requestBody": webhook_body(record),
+        "responses": webhook_answers(record),
+    }
+    path = f"/webhooks/{record.name}"
+    operations: dict[str, Any]
+    if isinstance(record.auth, TokenAuth):
+        token = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+        spec.path(
+            f"{path}/{{token}}",
+            operations={
+                "post": {
+                    **post,
+                    "summary": f"{record.title} callback, the token in the path",
+                    "parameters": [token],
+                }
+            },
+        )
+        operations = {
+            "post": {
+                **post,
+                "summary": f"{record.title} callback, the token in Authorization",
+                "security": BEARER,
+            }
+        }
+    else:
+        signature = {
+            "name": record.auth.header,
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "pattern": f"^{record.auth.prefix}[0-9a-f]+$"},
+            "description": f"{record.auth.prefix}<hex HMAC-{record.auth.digest.upper()} of the "
+            f"raw body with one of {record.auth.setting}>",
+        }
+        operations = {
+            "post": {
+                **post,
+                "summary": f"{record.title} callback, signed",
+                "parameters": [signature],
+            }
+        }
+    if record.handshake:
+        operations["get"] = {
+            "tags": ["webhooks"],
+            "summary": f"{record.title} subscription check",
+            "parameters": [
+                {"name": name, "in": "query", "required": True, "schema": {"type": "string"}}
+                for name in ("hub.mode", "hub.verify_token", "hub.challenge")
+            ],
+            "responses": {
+                "200": {
+                    "description": "hub.challenge, echoed",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "400": answer("hub.mode is not subscribe, or no usable hub.challenge"),
+                "403": answer(f"hub.verify_token is not one of {record.handshake.setting}"),
+                "404": answer(f"{record.handshake.setting} is not set"),
+            },
+        }
+    spec.path(path, operations=operations)
+
+
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 LISTING = [
     {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["pending", "all"]}},
@@ -86,16 +153,18 @@ def build_spec() -> dict[str, Any]:
         openapi_version="3.0.3",
         plugins=[plugin],
         info={
-            "description": "WhatsApp message-status webhooks in (Z-API, Green-API, Plug); one "
-            "truth per message out. Nothing is answered 2xx unless it is enqueued."
+            "description": "WhatsApp message-status webhooks in ("
+            + ", ".join(record.title for record in REGISTRY.values())
+            + "); one truth per message out. Nothing is answered 2xx unless it is enqueued."
         },
     )
     plugin.map_to_openapi_type(EpochTimestamp, "integer", "int64")
     plugin.map_to_openapi_type(Identifier, "string", None)
     plugin.map_to_openapi_type(Text, "string", None)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    spec.components.schema("ZapiStatusCallback", schema=MessageStatusSchema)
-    spec.components.schema("GreenApiStatusNotification", schema=OutgoingMessageStatusSchema)
+    bodies = dict(item for record in REGISTRY.values() for item in record.schemas)
+    for name, schema in bodies.items():
+        spec.components.schema(name, schema=schema)
     for name in (
         "Accepted",
         "Error",
@@ -109,32 +178,8 @@ def build_spec() -> dict[str, Any]:
     ):
         spec.components.schema(name, schema=getattr(api, f"{name}Schema"))
 
-    spec.path(
-        "/webhooks/{provider}/{token}",
-        operations={
-            "post": {
-                "summary": "A provider's status callback, the token in the path",
-                "parameters": [
-                    PROVIDER,
-                    {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
-                "requestBody": WEBHOOK_BODY,
-                "responses": WEBHOOK_ANSWERS,
-            }
-        },
-    )
-    spec.path(
-        "/webhooks/{provider}",
-        operations={
-            "post": {
-                "summary": "A provider's status callback, the token in Authorization",
-                "parameters": [PROVIDER],
-                "security": BEARER,
-                "requestBody": WEBHOOK_BODY,
-                "responses": WEBHOOK_ANSWERS,
-            }
-        },
-    )
+    for record in REGISTRY.values():
+        webhook_paths(spec, record)
     spec.path(
         "/messages/{provider}/{message_id}",
         operations={

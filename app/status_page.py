@@ -19,9 +19,9 @@ import psycopg
 from flask import Blueprint, Response, current_app, make_response, render_template
 
 from app.auth import require_person
-from app.config import PROVIDERS
 from app.database import pool
 from app.queue import queue_snapshot
+from schemas.registry import PROVIDERS
 from workers import store
 from workers.broker import QueueSnapshot
 from workers.redact import mask_phone

@@ -11,21 +11,20 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
-from app.auth import header_token, token_matches
+from app.auth import token_matches
 from app.errors import ApiError
 from app.metrics import note_outcome
 from app.queue import QueueUnavailable, enqueue, enqueue_events
-from schemas import providers
 from schemas.events import dump_events
+from schemas.registry import REGISTRY, ProviderRecord
 from workers.celery_app import QUARANTINE
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("webhooks", __name__)
-PARSERS = providers()
-# Green-API re-sends on anything but 200 and holds every later notification of the
-# instance behind it for up to 24 h, so its invalid bodies are answered 200 (quarantined).
-ANSWER_INVALID_WITH_200 = frozenset({"greenapi"})
+PARSERS = {name: record.parse for name, record in REGISTRY.items()}
+# hub.challenge is echoed as given; Meta's are short numbers.
+MAX_CHALLENGE = 256
 
 
 @bp.after_request
@@ -41,20 +40,21 @@ def tag_response(response: Response) -> Response:
 @bp.post("/webhooks/<provider>/<token>")
 def receive(provider: str, token: str | None) -> Response:
     """Accept one status callback from a provider."""
-    accepted_tokens = current_app.config["WEBHOOK_TOKENS"].get(provider)
-    if provider not in PARSERS or not accepted_tokens:
+    record = REGISTRY.get(provider)
+    secrets = current_app.config["WEBHOOK_TOKENS"].get(provider)
+    if record is None or not secrets or (token is not None and not record.auth.in_path):
         abort(404)
-    if not token_matches(
-        token or header_token(request.headers.get("Authorization")), accepted_tokens
+    if not record.auth.verify(
+        secrets, token=token, headers=request.headers, body=lambda: request.get_data(cache=True)
     ):
-        raise ApiError(401, "missing or invalid token")
+        raise ApiError(401, "missing or invalid " + record.auth.proof)
     body, raw = read_json_body()
     received_at = datetime.now(UTC)
     request_id = g.request_id = uuid.uuid4().hex
     try:
         parsed = PARSERS[provider](body, received_at=received_at, request_id=request_id)
     except ValidationError as err:
-        return quarantine(provider, raw, normalize_errors(err.messages), received_at, request_id)
+        return quarantine(record, raw, normalize_errors(err.messages), received_at, request_id)
     fields = {"provider": provider, "request_id": request_id}
     if parsed.ignored is not None:
         log.info(
@@ -86,6 +86,28 @@ def receive(provider: str, token: str | None) -> Response:
     return jsonify(accepted=len(parsed.events))
 
 
+@bp.get("/webhooks/<provider>")
+def handshake(provider: str) -> Response:
+    """A provider's subscription check (Meta's: echo hub.challenge for a known verify token)."""
+    record = REGISTRY.get(provider)
+    if record is None:
+        abort(404)
+    if record.handshake is None:
+        abort(405, valid_methods=["POST"])
+    tokens = current_app.config["VERIFY_TOKENS"].get(provider)
+    if not tokens:
+        abort(404)
+    challenge = request.args.get("hub.challenge", "")
+    if request.args.get("hub.mode") != "subscribe" or not challenge:
+        raise ApiError(400, "expected hub.mode=subscribe and a hub.challenge")
+    if len(challenge) > MAX_CHALLENGE or not challenge.isprintable():
+        raise ApiError(400, "hub.challenge is not a short printable string")
+    if not token_matches(request.args.get("hub.verify_token"), tokens):
+        raise ApiError(403, f"hub.verify_token is not one of {record.handshake.setting}")
+    log.info("subscription verified provider=%s", provider, extra={"provider": provider})
+    return Response(challenge, mimetype="text/plain")
+
+
 def read_json_body() -> tuple[Any, bytes]:
     """Return the parsed JSON body and its raw bytes, or raise the matching 4xx."""
     if request.mimetype != "application/json":
@@ -105,33 +127,39 @@ def normalize_errors(messages: Any) -> Any:
 
 
 def quarantine(
-    provider: str, raw: bytes, errors: dict[str, Any], received_at: datetime, request_id: str
+    provider: ProviderRecord,
+    raw: bytes,
+    errors: dict[str, Any],
+    received_at: datetime,
+    request_id: str,
 ) -> Response:
-    """Keep an invalid body through the queue, then answer 422 (200 for Green-API)."""
+    """Keep an invalid body through the queue, then answer as the provider needs (422, or
+    200 where anything else makes it re-send the body or hold back what follows)."""
+    answer_ok = provider.invalid_status == 200
     record = {
         "request_id": request_id,
-        "provider": provider,
+        "provider": provider.name,
         "reason": "validation",
         "errors": errors,
         "raw_body": raw.decode(json.detect_encoding(raw), errors="replace"),
         "content_type": request.content_type,
         "received_at": received_at.isoformat(),
     }
-    publish(QUARANTINE, record, request_id, f"[{provider} quarantine]")
+    publish(QUARANTINE, record, request_id, f"[{provider.name} quarantine]")
     note_outcome("quarantined")
     log.warning(
         "invalid provider=%s request_id=%s fields=%s",
-        provider,
+        provider.name,
         request_id,
         ",".join(sorted(errors)),
         extra={
-            "provider": provider,
+            "provider": provider.name,
             "request_id": request_id,
             "outcome": "quarantined",
             "fields": sorted(errors),
         },
     )
-    if provider in ANSWER_INVALID_WITH_200:
+    if answer_ok:
         return jsonify(accepted=0, quarantined=True, errors=errors)
     response = jsonify(error="invalid callback", errors=errors)
     response.status_code = 422

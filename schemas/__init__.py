@@ -25,6 +25,6 @@ class Provider(Protocol):
 
 def providers() -> dict[str, Provider]:
     """Return the parser of every supported provider, by its URL name."""
-    from schemas import greenapi, plug, zapi
+    from schemas.registry import REGISTRY
 
-    return {"zapi": zapi.parse, "greenapi": greenapi.parse, "plug": plug.parse}
+    return {name: record.parse for name, record in REGISTRY.items()}

@@ -31,6 +31,33 @@ class EventSchema(Schema):
     applied = fields.Boolean(required=True, metadata={"description": "false: the rules kept it"})
 
 
+class ParticipantReceiptSchema(Schema):
+    """One group participant's receipts of a message."""
+
+    participant = fields.String(required=True, metadata={"description": "as the provider names it"})
+    status = fields.String(required=True, metadata={"description": "the furthest it reached"})
+    seen = fields.Dict(
+        keys=fields.String(),
+        values=fields.DateTime(),
+        required=True,
+        metadata={"description": "status -> when this participant's receipt of it happened"},
+    )
+
+
+class ReceiptsSchema(Schema):
+    """A group message's receipts, per participant."""
+
+    participants = fields.List(fields.Nested(ParticipantReceiptSchema), required=True)
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={
+            "description": "status -> participants that reached it (read counts as received)"
+        },
+    )
+
+
 class MessageSchema(Schema):
     """A message's one truth: the furthest status, when each was first seen, its history."""
 
@@ -39,6 +66,11 @@ class MessageSchema(Schema):
     status = fields.String(required=True, allow_none=True)
     phone = fields.String(required=True, allow_none=True)
     chat_id = fields.String(required=True, allow_none=True)
+    chat_kind = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "user (phone set), lid, group or broadcast"},
+    )
     is_group = fields.Boolean(required=True, allow_none=True)
     instance_id = fields.String(required=True, allow_none=True)
     sent_at = fields.DateTime(required=True, allow_none=True)
@@ -50,6 +82,12 @@ class MessageSchema(Schema):
     failure_reason = fields.String(required=True, allow_none=True)
     updated_at = fields.DateTime(required=True)
     events = fields.List(fields.Nested(EventSchema), required=True)
+    receipts = fields.Nested(
+        ReceiptsSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "group messages: each participant's receipts; else null"},
+    )
 
 
 class HealthSchema(Schema):

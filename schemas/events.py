@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, post_load, validate
 
+from schemas.fields import CHAT_KINDS, Chat
 from workers.statuses import EVENT_STATUSES
 
 MAX_ID_LENGTH = 256
@@ -25,7 +26,10 @@ class StatusEvent:
     received_at: datetime
     phone: str | None = None
     chat_id: str | None = None
+    chat_kind: str | None = None
     is_group: bool | None = None
+    # Who in a group chat this receipt is from (None in one-to-one chats).
+    participant: str | None = None
     instance_id: str | None = None
     failure_reason: str | None = None
     request_id: str | None = None
@@ -42,7 +46,13 @@ class StatusEventSchema(Schema):
     received_at = fields.AwareDateTime(required=True, format="iso")
     phone = fields.String(load_default=None, allow_none=True)
     chat_id = fields.String(load_default=None, allow_none=True)
+    chat_kind = fields.String(
+        load_default=None, allow_none=True, validate=validate.OneOf(CHAT_KINDS)
+    )
     is_group = fields.Boolean(load_default=None, allow_none=True)
+    participant = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(1, MAX_ID_LENGTH)
+    )
     instance_id = fields.String(load_default=None, allow_none=True)
     failure_reason = fields.String(load_default=None, allow_none=True)
     request_id = fields.String(load_default=None, allow_none=True)
@@ -53,6 +63,17 @@ class StatusEventSchema(Schema):
 
 
 EVENT_SCHEMA = StatusEventSchema()
+
+
+def chat_fields(chat: Chat, is_group: bool | None = None) -> dict[str, Any]:
+    """Return a chat's identity as StatusEvent keyword arguments (``is_group`` as the
+    provider said, when the id's own form does not tell)."""
+    return {
+        "chat_id": chat.chat_id,
+        "chat_kind": chat.chat_kind,
+        "phone": chat.phone,
+        "is_group": is_group if chat.chat_kind is None else chat.chat_kind == "group",
+    }
 
 
 def dump_events(events: list[StatusEvent]) -> list[dict[str, Any]]:

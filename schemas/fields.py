@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -64,3 +65,48 @@ def refuse_nul(text: str) -> str:
     if "\x00" in text:
         raise ValidationError("Must not contain NUL characters.")
     return text
+
+
+# What a chat id names. WhatsApp's ids: `<digits>@c.us` / `<digits>@s.whatsapp.net` (a person
+# by phone), `<id>@lid` (a person behind WhatsApp's anonymised id, no phone in it), groups as
+# `<id>@g.us`, Z-API's `<id>-group` or the older `<creator phone>-<epoch>`, and
+# `status@broadcast` (status posts) or `<id>@broadcast` (broadcast lists).
+USER, LID, GROUP, BROADCAST = "user", "lid", "group", "broadcast"
+CHAT_KINDS = (USER, LID, GROUP, BROADCAST)
+# A phone as digits, or written for people ("+55 (44) 99999-9999").
+PHONE = re.compile(r"\+?\d[\d\s().-]{4,30}")
+USER_SUFFIXES = ("@c.us", "@s.whatsapp.net")
+# <creator's phone>-<creation epoch>: long on both sides, unlike a written phone's dash.
+OLD_GROUP_ID = re.compile(r"\d{8,}-\d{9,}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chat:
+    """Who a message went to: a phone only when the id is one, else the id and its kind."""
+
+    chat_id: str | None = None
+    chat_kind: str | None = None
+    phone: str | None = None
+
+
+def chat_identity(value: str | None, *, is_group: bool | None = None) -> Chat:
+    """Classify a chat id as sent by a provider (``is_group`` when the provider says so)."""
+    if not value:
+        return Chat(chat_kind=GROUP if is_group else None)
+    text = value.strip()
+    local, at, domain = text.partition("@")
+    if at and domain == "broadcast":
+        return Chat(text, BROADCAST)
+    if at and domain == "lid":
+        return Chat(text, LID)
+    if (
+        is_group
+        or (at and domain == "g.us")
+        or text.endswith("-group")
+        or OLD_GROUP_ID.fullmatch(local)
+    ):
+        return Chat(text, GROUP)
+    number = local.partition(":")[0]  # <phone>:<device>@s.whatsapp.net
+    if (not at or f"@{domain}" in USER_SUFFIXES) and PHONE.fullmatch(number):
+        return Chat(text, USER, digits_only(number))
+    return Chat(text, None)

@@ -8,12 +8,11 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from schemas import Parsed
-from schemas.events import MAX_ID_LENGTH, StatusEvent
-from schemas.fields import EpochTimestamp, Identifier, Text, digits_only
+from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
 from workers.statuses import FAILED, READ, RECEIVED, SENT
 
 WEBHOOK_TYPE = "outgoingMessageStatus"
-GROUP_SUFFIX = "@g.us"
 # Every failure flavour is one terminal state; the raw value survives in failure_reason.
 STATUS_MAP = {
     "sent": SENT,
@@ -70,8 +69,6 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     if isinstance(kind, str) and kind != WEBHOOK_TYPE:
         return Parsed(events=[], ignored=kind)
     data = SCHEMA.load(body)
-    chat = data["chatId"]
-    is_group = chat.endswith(GROUP_SUFFIX) if chat else None
     instance = data["instanceData"] or {}
     event = StatusEvent(
         provider="greenapi",
@@ -80,9 +77,7 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
         raw_status=data["status"],
         occurred_at=data["timestamp"],
         received_at=received_at,
-        phone=None if is_group or not chat else digits_only(chat.partition("@")[0]),
-        chat_id=chat,
-        is_group=is_group,
+        **chat_fields(chat_identity(data["chatId"])),
         instance_id=instance.get("idInstance"),
         failure_reason=failure_reason(data["status"], data["description"]),
         request_id=request_id,

@@ -1,4 +1,5 @@
-"""Z-API's ``on-whatsapp-message-status-changes`` webhook (MessageStatusCallback)."""
+"""Z-API's status webhook (``MessageStatusCallback``) and its "on send" webhook
+(``DeliveryCallback``), the only place Z-API reports a send that failed."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from schemas import Parsed
-from schemas.events import MAX_ID_LENGTH, StatusEvent
-from schemas.fields import EpochTimestamp, Identifier, digits_only
-from workers.statuses import PLAYED, READ, READ_BY_ME, RECEIVED, SENT
+from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
+from workers.statuses import FAILED, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
 
 CALLBACK_TYPE = "MessageStatusCallback"
+DELIVERY_TYPE = "DeliveryCallback"
 # One callback may report many messages; a bound keeps one body from becoming a flood.
 MAX_IDS = 1000
 # READ_BY_ME (2025) and READ-SELF (older, and Plug) are the connected account's own read
@@ -45,15 +47,45 @@ class MessageStatusSchema(Schema):
     momment = EpochTimestamp(per_second=1000, required=True)
     phone = Identifier(load_default=None, allow_none=True)
     isGroup = fields.Boolean(load_default=None, allow_none=True)
+    # Group receipts: one callback per participant, the same ids and status each time.
+    participant = Identifier(
+        load_default=None, allow_none=True, validate=validate.Length(max=MAX_ID_LENGTH)
+    )
+    participantPhone = Identifier(
+        load_default=None, allow_none=True, validate=validate.Length(max=MAX_ID_LENGTH)
+    )
+
+
+class DeliveryCallbackSchema(Schema):
+    """Z-API's "on send" webhook: a send, and its error when it failed; unknown fields ignored.
+
+    Documented (developer.z-api.io/webhooks/on-message-send-examples): ``phone``,
+    ``messageId``, ``zaapId``, ``instanceId``, ``momment`` (ms), ``type``, and only on a failed
+    send ``error`` (text) and, for some errors, ``errorCode`` (``SHADOW_BAN``). Older examples
+    have no ``momment``: the receipt time stands in.
+    """
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True)
+    instanceId = Identifier(load_default=None, allow_none=True)
+    messageId = Identifier(required=True, validate=validate.Length(max=MAX_ID_LENGTH))
+    zaapId = Identifier(load_default=None, allow_none=True)
+    momment = EpochTimestamp(per_second=1000, load_default=None, allow_none=True)
+    phone = Identifier(load_default=None, allow_none=True)
+    error = Text(load_default=None, allow_none=True)
+    errorCode = Text(load_default=None, allow_none=True)
 
 
 SCHEMA = MessageStatusSchema()
+DELIVERY_SCHEMA = DeliveryCallbackSchema()
 
 
 def other_type(body: Any) -> str | None:
     """Return the webhook type when the body is some other Z-API callback, to be ignored."""
     kind = body.get("type") if isinstance(body, dict) else None
-    return kind if isinstance(kind, str) and kind != CALLBACK_TYPE else None
+    return kind if isinstance(kind, str) and kind not in (CALLBACK_TYPE, DELIVERY_TYPE) else None
 
 
 def to_events(provider: str, body: Any, *, received_at: datetime, request_id: str) -> Parsed:
@@ -61,8 +93,11 @@ def to_events(provider: str, body: Any, *, received_at: datetime, request_id: st
     ignored = other_type(body)
     if ignored:
         return Parsed(events=[], ignored=ignored)
+    if isinstance(body, dict) and body.get("type") == DELIVERY_TYPE:
+        return Parsed(events=[delivery_event(provider, body, received_at, request_id)])
     data = SCHEMA.load(body)
-    chat = data["phone"]
+    chat = chat_fields(chat_identity(data["phone"], is_group=data["isGroup"]), data["isGroup"])
+    participant = data["participantPhone"] or data["participant"]
     return Parsed(
         events=[
             StatusEvent(
@@ -72,14 +107,33 @@ def to_events(provider: str, body: Any, *, received_at: datetime, request_id: st
                 raw_status=data["status"],
                 occurred_at=data["momment"],
                 received_at=received_at,
-                phone=None if data["isGroup"] else digits_only(chat),
-                chat_id=chat,
-                is_group=data["isGroup"],
                 instance_id=data["instanceId"],
+                participant=participant if chat["is_group"] else None,
                 request_id=request_id,
+                **chat,
             )
             for message_id in dict.fromkeys(data["ids"])
         ]
+    )
+
+
+def delivery_event(provider: str, body: Any, received_at: datetime, request_id: str) -> StatusEvent:
+    """A DeliveryCallback: ``sent`` when the send worked, ``failed`` with its error if not."""
+    data = DELIVERY_SCHEMA.load(body)
+    error, code = data["error"], data["errorCode"]
+    failed = bool(error or code)
+    reason = ": ".join(part for part in (code, error) if part) if failed else None
+    return StatusEvent(
+        provider=provider,
+        message_id=data["messageId"],
+        status=FAILED if failed else SENT,
+        raw_status=f"{DELIVERY_TYPE}:{'error' if failed else 'ok'}",
+        occurred_at=data["momment"] or received_at,
+        received_at=received_at,
+        instance_id=data["instanceId"],
+        failure_reason=reason,
+        request_id=request_id,
+        **chat_fields(chat_identity(data["phone"])),
     )
 
 

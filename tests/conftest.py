@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 
 from app import create_app
 from embedded import EmbeddedPostgres, EmbeddedRedis
+from schemas.registry import REGISTRY, TokenAuth
 from workers.celery_app import QUEUE
 from workers.db import close_pool
 from workers.migrate import migrate
@@ -36,9 +38,32 @@ WEBHOOK_TOKENS = {
     "zapi": ("zapi-secret-one", "zapi-secret-two"),
     "greenapi": ("green-secret",),
     "plug": ("plug-secret",),
+    "meta": ("meta-app-secret-old", "meta-app-secret"),  # app secrets, mid-rotation
 }
+VERIFY_TOKENS = {"meta": ("meta-verify-token",)}
 API_TOKEN = "api-secret-for-tests"
-TABLES = "status_events, messages, quarantine, dead_letters"
+TABLES = "receipts, status_events, messages, quarantine, dead_letters"
+
+
+def signed_post(
+    client: FlaskClient, provider: str, body: Any, secret: str | None = None, **kwargs: Any
+) -> Any:
+    """POST a body the way its provider proves it sent it: a token in the URL, or the HMAC of
+    the exact bytes in a header."""
+    record = REGISTRY[provider]
+    secret = secret or WEBHOOK_TOKENS[provider][0]
+    if isinstance(record.auth, TokenAuth):
+        return client.post(f"/webhooks/{provider}/{secret}", json=body, **kwargs)
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    digest = hmac.new(secret.encode(), raw, record.auth.digest).hexdigest()
+    headers = {record.auth.header: f"{record.auth.prefix}{digest}", **kwargs.pop("headers", {})}
+    return client.post(
+        f"/webhooks/{provider}",
+        data=raw,
+        headers=headers,
+        content_type="application/json",
+        **kwargs,
+    )
 
 
 def load_fixture(provider: str, name: str) -> Any:
@@ -176,6 +201,7 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
         "BROKER_URL": redis_url,
         "API_TOKEN": API_TOKEN,
         "WEBHOOK_TOKENS": dict(WEBHOOK_TOKENS),
+        "VERIFY_TOKENS": dict(VERIFY_TOKENS),
         **overrides,
     }
     return create_app(config)

@@ -66,6 +66,7 @@ def test_message_shows_status_times_and_history(client, db):
         "status",
         "phone",
         "chat_id",
+        "chat_kind",
         "is_group",
         "instance_id",
         "sent_at",
@@ -77,6 +78,7 @@ def test_message_shows_status_times_and_history(client, db):
         "failure_reason",
         "updated_at",
         "events",
+        "receipts",
     ]
     assert body["status"] == "read"
     assert body["phone"] == "5544999999999"  # whole: the caller is trusted

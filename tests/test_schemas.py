@@ -7,6 +7,7 @@ from marshmallow import ValidationError
 
 from schemas import providers
 from schemas.events import dump_events, load_events
+from schemas.registry import PROVIDERS
 from tests.conftest import fixture_names, load_fixture
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -92,7 +93,7 @@ def test_unknown_green_api_status_is_invalid(raw):
     assert "status" in err.value.messages
 
 
-@pytest.mark.parametrize("provider", ["zapi", "greenapi", "plug"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_every_fixture_parses(provider):
     for fixture in fixture_names(provider):
         parsed = parse(provider, load_fixture(provider, fixture))
@@ -220,7 +221,7 @@ def test_invalid_green_api_body_names_the_field(change, field):
 
 
 @pytest.mark.parametrize("body", [[], "text", 5, None, [{"status": "SENT"}]])
-@pytest.mark.parametrize("provider", ["zapi", "greenapi", "plug"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_body_that_is_not_an_object_is_invalid(provider, body):
     with pytest.raises(ValidationError) as err:
         parse(provider, body)

@@ -119,6 +119,7 @@ def test_counts_by_provider_and_status_over_the_hour_and_the_day(db):
         "zapi": [4, 1, 1, 1, 0],
         "greenapi": [0, 0, 0, 0, 1],
         "plug": [0, 0, 0, 0, 0],
+        "meta": [0, 0, 0, 0, 0],
     }
     assert hour["totals"] == [4, 1, 1, 1, 1]
     assert day["totals"] == [5, 1, 1, 1, 1]  # 5 hours ago: the day's; 25 hours: neither

@@ -29,7 +29,9 @@ def test_zapi_callback_is_accepted_and_enqueued(client, broker):
             "received_at": events[0]["received_at"],
             "phone": "5544999999999",
             "chat_id": "5544999999999",
-            "is_group": None,
+            "chat_kind": "user",
+            "is_group": False,
+            "participant": None,
             "instance_id": "instance.id",
             "failure_reason": None,
             "request_id": events[0]["request_id"],
@@ -194,7 +196,6 @@ def test_invalid_green_api_body_is_answered_200_and_quarantined(client, broker):
     ("provider", "fixture", "kind"),
     [
         ("zapi", "other_type_received_callback", "ReceivedCallback"),
-        ("zapi", "other_type_delivery_callback", "DeliveryCallback"),
         ("greenapi", "other_type_incoming_message", "incomingMessageReceived"),
         ("greenapi", "other_type_state_instance", "stateInstanceChanged"),
     ],
@@ -294,10 +295,11 @@ def test_every_configured_token_is_compared_in_full(monkeypatch):
     import hmac
 
     from app import auth
+    from schemas import registry
 
     calls = []
     real = hmac.compare_digest
-    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append(b) or real(a, b))
+    monkeypatch.setattr(registry.hmac, "compare_digest", lambda a, b: calls.append(b) or real(a, b))
     assert auth.token_matches("first", ["first", "second", "third"])
     assert calls == [b"first", b"second", b"third"]
 

@@ -6,7 +6,8 @@ How a batch is applied, in one transaction:
 2. Per message, LOCK_MESSAGE upserts the row (creating it if new) and so holds its lock
    until commit: every event of that message in other transactions waits behind it.
 3. Per event, APPLY_EVENT inserts the history row (the unique constraint drops a repeat)
-   and, only if it was inserted, moves the message with ticks_next_status().
+   and, only if it was inserted, moves the message with ticks_next_status(). A group
+   participant's receipt is also kept in receipts, once per (participant, status).
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ import psycopg
 from psycopg.rows import dict_row
 
 from schemas.events import StatusEvent
-from workers.statuses import PROGRESS
+from schemas.fields import chat_identity
+from workers.statuses import PROGRESS, STATUSES, next_status, rank
 
 LOCK_MESSAGE = """
-INSERT INTO messages AS m (provider, message_id, phone, chat_id, is_group, instance_id)
-VALUES (%(provider)s, %(message_id)s, %(phone)s, %(chat_id)s, %(is_group)s, %(instance_id)s)
+INSERT INTO messages AS m (provider, message_id, phone, chat_id, chat_kind, is_group,
+                           instance_id)
+VALUES (%(provider)s, %(message_id)s, %(phone)s, %(chat_id)s, %(chat_kind)s, %(is_group)s,
+        %(instance_id)s)
 ON CONFLICT (provider, message_id) DO UPDATE SET
     phone = COALESCE(m.phone, EXCLUDED.phone),
     chat_id = COALESCE(m.chat_id, EXCLUDED.chat_id),
+    chat_kind = COALESCE(m.chat_kind, EXCLUDED.chat_kind),
     is_group = COALESCE(m.is_group, EXCLUDED.is_group),
     instance_id = COALESCE(m.instance_id, EXCLUDED.instance_id)
 """
@@ -71,8 +76,15 @@ WITH old AS (
         updated_at = now()
     FROM ev
     WHERE m.provider = %(provider)s AND m.message_id = %(message_id)s
+), receipt AS (
+    INSERT INTO receipts (provider, message_id, participant, status, occurred_at, received_at)
+    SELECT %(provider)s, %(message_id)s, %(participant)s, %(status)s, %(occurred_at)s,
+           %(received_at)s
+    WHERE %(participant)s::text IS NOT NULL AND %(status)s <> 'read_by_me'
+    ON CONFLICT DO NOTHING
+    RETURNING 1
 )
-SELECT ev.applied, old.status FROM ev, old
+SELECT (SELECT applied FROM ev), old.status, EXISTS (SELECT FROM receipt) FROM old
 """
 
 NEXT_STATUS = "SELECT ticks_next_status(%s, %s)"
@@ -116,7 +128,7 @@ RESOLVE_QUARANTINE = {
 }
 
 SELECT_MESSAGE = """
-SELECT provider, message_id, status, phone, chat_id, is_group, instance_id, sent_at,
+SELECT provider, message_id, status, phone, chat_id, chat_kind, is_group, instance_id, sent_at,
        received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, updated_at
 FROM messages WHERE provider = %(provider)s AND message_id = %(message_id)s
 """
@@ -125,6 +137,12 @@ SELECT_EVENTS = """
 SELECT status, raw_status, occurred_at, received_at, applied
 FROM status_events WHERE provider = %(provider)s AND message_id = %(message_id)s
 ORDER BY occurred_at, id
+"""
+
+SELECT_RECEIPTS = """
+SELECT participant, status, occurred_at
+FROM receipts WHERE provider = %(provider)s AND message_id = %(message_id)s
+ORDER BY participant, occurred_at, status
 """
 
 # The status page. "Reached" counts each message once per status it reached in the window
@@ -180,6 +198,8 @@ class Outcome(enum.Enum):
 
     APPLIED = "applied"
     REFUSED = "refused"  # recorded in history, but the rules kept the message where it was
+    # A group participant's receipt of a status the message had already been reported at.
+    RECEIPT = "receipt"
     DUPLICATE = "duplicate"  # seen before: nothing written
 
 
@@ -193,7 +213,7 @@ def merged_identity(events: list[StatusEvent]) -> dict[str, Any]:
     """Return a message's identity fields, the first known value of each across events."""
     first = events[0]
     identity: dict[str, Any] = {"provider": first.provider, "message_id": first.message_id}
-    for name in ("phone", "chat_id", "is_group", "instance_id"):
+    for name in ("phone", "chat_id", "chat_kind", "is_group", "instance_id"):
         identity[name] = next(
             (getattr(e, name) for e in events if getattr(e, name) is not None), None
         )
@@ -224,15 +244,15 @@ def apply_events(
         cur.executemany(LOCK_MESSAGE, [merged_identity(group) for group in groups])
         cur.executemany(APPLY_EVENT, [event_params(e) for e in ordered], returning=True)
         for event in ordered:
-            row = cur.fetchone()
-            if row is None:
-                outcomes[Outcome.DUPLICATE] += 1
-            elif row[0]:
+            applied, current, new_receipt = cur.fetchone() or (None, None, False)
+            if applied is None:
+                outcomes[Outcome.RECEIPT if new_receipt else Outcome.DUPLICATE] += 1
+            elif applied:
                 outcomes[Outcome.APPLIED] += 1
             else:
                 outcomes[Outcome.REFUSED] += 1
                 if refused is not None:
-                    refused[(row[1], event.status)] += 1
+                    refused[(current, event.status)] += 1
             cur.nextset()
     return outcomes
 
@@ -248,6 +268,7 @@ def event_params(event: StatusEvent) -> dict[str, Any]:
         "received_at": event.received_at,
         "failure_reason": event.failure_reason,
         "request_id": event.request_id,
+        "participant": event.participant,
     }
 
 
@@ -312,7 +333,32 @@ def fetch_message(
         if message is None:
             return None
         message["events"] = cur.execute(SELECT_EVENTS, key).fetchall()
+        receipts = cur.execute(SELECT_RECEIPTS, key).fetchall()
+    if message["chat_kind"] is None and message["chat_id"]:  # stored before chat kinds
+        message["chat_kind"] = chat_identity(message["chat_id"]).chat_kind
+    message["receipts"] = summarise_receipts(receipts) if receipts else None
     return message
+
+
+def summarise_receipts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per participant, the furthest status and when each status was first seen; and per
+    status, how many participants reached it (read counts towards received, and so on)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in rows:  # ordered by participant, then time
+        seen.setdefault(row["participant"], {}).setdefault(row["status"], row["occurred_at"])
+    participants = []
+    counts = dict.fromkeys(STATUSES, 0)
+    for participant, statuses in seen.items():
+        furthest: str | None = None
+        for status in statuses:  # in the order they happened
+            furthest = next_status(furthest, status)
+        participants.append({"participant": participant, "status": furthest, "seen": statuses})
+        for status in STATUSES:
+            if status in statuses or (
+                furthest in PROGRESS and status in PROGRESS and rank(status) <= rank(furthest)
+            ):
+                counts[status] += 1
+    return {"participants": participants, "counts": counts}
 
 
 def fetch_overview(

@@ -1,0 +1,204 @@
+"""Meta's WhatsApp Cloud API: the ``messages`` field of a WhatsApp Business Account webhook.
+
+One POST may hold several entries, each several changes, each several statuses; every status
+becomes an event (libraries that read only the first have lost statuses: pywa#229,
+netflie/whatsapp-cloud-api#132). ``messages[]`` (incoming messages), ``contacts`` and other
+fields are not statuses: a body with none is ignored.
+
+Shapes from developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components (status
+object) and the typed payloads of whatsapp-api-js (``ServerStatusPayload``): in a group,
+``recipient_type`` is ``"group"``, ``recipient_id`` the group and
+``recipient_participant_id`` the member the receipt is from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from schemas import Parsed
+from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
+from workers.statuses import FAILED, PLAYED, READ, RECEIVED, SENT
+
+OBJECT = "whatsapp_business_account"
+FIELD = "messages"
+STATUS_MAP = {
+    "sent": SENT,
+    "delivered": RECEIVED,
+    "read": READ,
+    "played": PLAYED,
+    "failed": FAILED,
+}
+# A bound on the statuses of one body, as for Z-API's ids: one POST cannot become a flood.
+MAX_STATUSES = 1000
+
+
+class MetaErrorDataSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    details = Text(load_default=None, allow_none=True)
+
+
+class MetaErrorSchema(Schema):
+    """One of a failed status' ``errors[]``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    code = Identifier(load_default=None, allow_none=True)
+    title = Text(load_default=None, allow_none=True)
+    message = Text(load_default=None, allow_none=True)
+    error_data = fields.Nested(MetaErrorDataSchema, load_default=None, allow_none=True)
+
+
+class MetaStatusSchema(Schema):
+    """One status of ``value.statuses[]``; unknown fields (pricing, conversation...) ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = Identifier(required=True, validate=validate.Length(max=MAX_ID_LENGTH))
+    status = fields.String(required=True, validate=validate.OneOf(list(STATUS_MAP)))
+    timestamp = EpochTimestamp(per_second=1, required=True)
+    recipient_id = Identifier(load_default=None, allow_none=True)
+    recipient_type = fields.String(load_default=None, allow_none=True)
+    recipient_participant_id = Identifier(
+        load_default=None, allow_none=True, validate=validate.Length(max=MAX_ID_LENGTH)
+    )
+    errors = fields.List(fields.Nested(MetaErrorSchema), load_default=None, allow_none=True)
+
+
+class MetaMetadataSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    display_phone_number = fields.String(load_default=None, allow_none=True)
+    phone_number_id = Identifier(load_default=None, allow_none=True)
+
+
+class MetaValueSchema(Schema):
+    """The ``value`` of a ``messages`` change."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    messaging_product = fields.String(load_default=None, allow_none=True)
+    metadata = fields.Nested(MetaMetadataSchema, load_default=None, allow_none=True)
+    statuses = fields.List(
+        fields.Nested(MetaStatusSchema),
+        load_default=list,
+        validate=validate.Length(max=MAX_STATUSES),
+    )
+    messages = fields.List(fields.Raw(), load_default=None, allow_none=True)
+
+
+class MetaChangeSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    field = fields.String(required=True)
+    value = fields.Nested(MetaValueSchema, required=True)
+
+
+class MetaEntrySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = Identifier(load_default=None, allow_none=True)
+    changes = fields.List(fields.Nested(MetaChangeSchema), required=True)
+
+
+class MetaWebhookSchema(Schema):
+    """A WhatsApp Business Account webhook POST."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    object = fields.String(required=True)
+    entry = fields.List(fields.Nested(MetaEntrySchema), required=True)
+
+
+SCHEMA = MetaWebhookSchema()
+
+
+def failure_reason(errors: list[dict[str, Any]] | None) -> str | None:
+    """Return ``code title: details`` for each error, joined; None without errors."""
+    reasons = []
+    for error in errors or []:
+        head = " ".join(str(part) for part in (error["code"], error["title"]) if part)
+        details = (error["error_data"] or {}).get("details") or error["message"]
+        if details and details != error["title"]:
+            head = f"{head}: {details}" if head else details
+        if head:
+            reasons.append(head)
+    return "; ".join(reasons) or None
+
+
+def without_other_fields(body: Any) -> tuple[Any, list[str]]:
+    """Return the body with only its ``messages`` changes (another field's value is not
+    ours to validate) and the names of the other fields it held."""
+    if not isinstance(body, dict) or not isinstance(body.get("entry"), list):
+        return body, []
+    entries, others = [], []
+    for entry in body["entry"]:
+        if isinstance(entry, dict) and isinstance(entry.get("changes"), list):
+            changes = []
+            for change in entry["changes"]:
+                name = change.get("field", FIELD) if isinstance(change, dict) else FIELD
+                if name == FIELD:
+                    changes.append(change)
+                else:
+                    others.append(str(name))
+            entry = {**entry, "changes": changes}
+        entries.append(entry)
+    return {**body, "entry": entries}, others
+
+
+def status_event(
+    status: dict[str, Any], instance_id: str | None, received_at: datetime, request_id: str
+) -> StatusEvent:
+    """One status as an event."""
+    in_group = status["recipient_type"] == "group"
+    chat = chat_identity(status["recipient_id"], is_group=in_group or None)
+    return StatusEvent(
+        provider="meta",
+        message_id=status["id"],
+        status=STATUS_MAP[status["status"]],
+        raw_status=status["status"],
+        occurred_at=status["timestamp"],
+        received_at=received_at,
+        instance_id=instance_id,
+        participant=status["recipient_participant_id"] if in_group else None,
+        failure_reason=(failure_reason(status["errors"]) if status["status"] == "failed" else None),
+        request_id=request_id,
+        **chat_fields(chat, in_group or None),
+    )
+
+
+def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
+    """Turn a WhatsApp Business Account webhook into one event per status, in every entry."""
+    kind = body.get("object") if isinstance(body, dict) else None
+    if isinstance(kind, str) and kind != OBJECT:
+        return Parsed(events=[], ignored=kind)
+    kept, others = without_other_fields(body)
+    data = SCHEMA.load(kept)
+    events: list[StatusEvent] = []
+    incoming = False
+    for entry in data["entry"]:
+        for change in entry["changes"]:
+            value = change["value"]
+            instance_id = (value["metadata"] or {}).get("phone_number_id")
+            events.extend(
+                status_event(status, instance_id, received_at, request_id)
+                for status in value["statuses"]
+            )
+            incoming = incoming or bool(value["messages"])
+    if len(events) > MAX_STATUSES:
+        raise ValidationError({"entry": [f"More than {MAX_STATUSES} statuses in one body."]})
+    if not events:
+        return Parsed(events=[], ignored="messages" if incoming else (others or ["no statuses"])[0])
+    return Parsed(events=events)
