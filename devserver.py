@@ -28,12 +28,20 @@ from typing import Any
 from dotenv import dotenv_values, load_dotenv
 
 from embedded import EmbeddedPostgres, EmbeddedRedis
+from schemas.registry import REGISTRY, TokenAuth
 
 ROOT = Path(__file__).resolve().parent
 VAR = Path(os.environ.get("TICKS_VAR_DIR", ROOT / "var")).resolve()
 SECRETS = VAR / "secrets.env"
 RUN_ENV = VAR / "run.env"  # the running service's server URLs, while it runs
-TOKEN_VARS = ("ZAPI_WEBHOOK_TOKENS", "GREENAPI_WEBHOOK_TOKENS", "PLUG_WEBHOOK_TOKENS")
+# The secrets `make run` makes up when unset: each provider's webhook tokens and handshake
+# tokens. A signing secret (Meta's app secret) is the provider's to give: never made up.
+TOKEN_VARS = tuple(
+    setting
+    for record in REGISTRY.values()
+    for setting in record.settings
+    if setting != record.auth.setting or isinstance(record.auth, TokenAuth)
+)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROCESSES = ("web", "worker", "flower")
 # A process that exits on its own is started again after RESTART_DELAYS[0] seconds, twice
@@ -97,14 +105,27 @@ def start_redis(stack: ExitStack) -> str:
     return server.url
 
 
+def first(setting: str) -> str:
+    """The first of a comma-separated setting's values ("" when unset)."""
+    return os.environ.get(setting, "").split(",")[0].strip()
+
+
 def print_banner() -> None:
     """Print the URLs to paste into each provider's panel, and the API token."""
     port = os.environ["PORT"]
     base = os.environ.get("PUBLIC_URL", f"http://localhost:{port}").rstrip("/")
     log(f"web:     http://localhost:{port}/   (status page: any user name, API_TOKEN as password)")
-    for var, provider in zip(TOKEN_VARS, ("zapi", "greenapi", "plug"), strict=True):
-        token = os.environ[var].split(",")[0].strip()
-        log(f"{provider:8} webhook URL: {base}/webhooks/{provider}/{token}")
+    for name, record in REGISTRY.items():
+        url = f"{base}/webhooks/{name}"
+        if isinstance(record.auth, TokenAuth):
+            log(f"{name:8} webhook URL: {url}/{first(record.auth.setting)}")
+            continue
+        line = f"{name:8} webhook URL: {url}"
+        if record.handshake:
+            line += f"   verify token: {first(record.handshake.setting)}"
+        if not first(record.auth.setting):
+            line += f"   (answers 404 until {record.auth.setting} holds your app secret)"
+        log(line)
     log(f"API_TOKEN: {os.environ['API_TOKEN']}   (Authorization: Bearer ... on /messages/...)")
     flower = f"http://{os.environ['FLOWER_ADDRESS']}:{os.environ['FLOWER_PORT']}"
     login = (

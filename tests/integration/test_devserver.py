@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from schemas.registry import REGISTRY
 from tests.conftest import FIXTURES, ROOT, empty_rabbitmq, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -25,9 +26,7 @@ CLEARED = (
     "REDIS_URL",
     "BROKER_URL",
     "API_TOKEN",
-    "ZAPI_WEBHOOK_TOKENS",
-    "GREENAPI_WEBHOOK_TOKENS",
-    "PLUG_WEBHOOK_TOKENS",
+    *(setting for record in REGISTRY.values() for setting in record.settings),
     "FLOWER_BASIC_AUTH",
 )
 
@@ -122,6 +121,14 @@ def test_start_serve_stop_restart(tmp_path):
 
         body = (FIXTURES / "zapi" / "seed_sent.json").read_bytes()
         path = zapi_url.split("localhost:", 1)[1].split("/", 1)[1]
+        # Meta's line gives the verify token to paste; without an app secret POSTs are 404.
+        meta = re.search(r"meta\s+webhook URL: (\S+)\s+verify token: (\S+)", printed)
+        meta_url = meta.group(1).replace("http://localhost:", "http://127.0.0.1:")
+        query = f"hub.mode=subscribe&hub.verify_token={meta.group(2)}&hub.challenge=1158201444"
+        assert http("GET", f"{meta_url}?{query}") == (200, 1158201444)
+        assert "until META_APP_SECRETS holds your app secret" in printed
+        assert http("POST", meta_url, b"{}", {"Content-Type": "application/json"})[0] == 404
+
         # Flower hears task events only once it is listening: readiness is the web's alone.
         flower = re.search(r"flower:\s+(\S+)", printed).group(1)
         wait_for(lambda: http("GET", f"{flower}/api/workers")[0] == 200, timeout=30)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from schemas.registry import PROVIDERS
 from tests.conftest import (
     API_TOKEN,
     WEBHOOK_TOKENS,
@@ -42,12 +43,7 @@ def read_message(client, provider, message_id):
 
 
 def test_seed_list_is_complete():
-    seeds = {
-        (p, n)
-        for p in ("zapi", "plug", "greenapi")
-        for n in fixture_names(p)
-        if n.startswith("seed_")
-    }
+    seeds = {(p, n) for p in PROVIDERS for n in fixture_names(p) if n.startswith("seed_")}
     assert seeds == set(SEED_STATUS)
 
 
