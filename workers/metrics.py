@@ -35,7 +35,8 @@ class WorkerMetrics:
         self.events = Counter(
             "ticks_events_applied",
             "Events the workers processed, by outcome: applied, duplicate (seen before), "
-            "refused (the rules kept the status)",
+            "refused (the rules kept the status), receipt (a group participant's receipt of a "
+            "status the message already had)",
             ["outcome"],
         )
         self.refused = Counter(
