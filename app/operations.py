@@ -204,6 +204,8 @@ def replay_one(row: dict[str, Any]) -> str:
         return f"still invalid: {json.dumps(exc.messages, ensure_ascii=False, default=str)}"
     except (ValueError, RecursionError):
         return "still invalid: not JSON"
+    if parsed.errors:  # its valid part was enqueued when it arrived
+        return f"still invalid: {json.dumps(parsed.errors, ensure_ascii=False, default=str)}"
     if parsed.ignored is not None:
         return f"replayed: a {parsed.ignored}, nothing to apply"
     publish(APPLY_EVENTS, dump_events(parsed.events), f"[replay of quarantine {row['id']}]")

@@ -70,6 +70,9 @@ def receive(provider: str, token: str | None) -> Response:
     except QueueUnavailable:
         raise unavailable() from None
     note_outcome("accepted", len(parsed.events))
+    if parsed.errors:  # the valid statuses are on their way; the body is kept for the rest
+        errors = normalize_errors(parsed.errors)
+        return quarantine(record, raw, errors, received_at, request_id, len(parsed.events))
     log.info(
         "accepted provider=%s events=%d request_id=%s message_ids=%s",
         provider,
@@ -132,9 +135,11 @@ def quarantine(
     errors: dict[str, Any],
     received_at: datetime,
     request_id: str,
+    accepted: int = 0,
 ) -> Response:
     """Keep an invalid body through the queue, then answer as the provider needs (422, or
-    200 where anything else makes it re-send the body or hold back what follows)."""
+    200 where anything else makes it re-send the body or hold back what follows).
+    ``accepted``: the body's valid events, already enqueued."""
     answer_ok = provider.invalid_status == 200
     record = {
         "request_id": request_id,
@@ -160,7 +165,7 @@ def quarantine(
         },
     )
     if answer_ok:
-        return jsonify(accepted=0, quarantined=True, errors=errors)
+        return jsonify(accepted=accepted, quarantined=True, errors=errors)
     response = jsonify(error="invalid callback", errors=errors)
     response.status_code = 422
     return response

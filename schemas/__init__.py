@@ -11,10 +11,14 @@ from schemas.events import StatusEvent
 
 @dataclasses.dataclass(frozen=True)
 class Parsed:
-    """What a callback body holds: status events, or another webhook type to ignore."""
+    """What a callback body holds: status events, or another webhook type to ignore.
+
+    ``errors``, when set, names the parts of a body that batches many statuses (Meta's) that
+    did not validate: ``events`` are the valid rest, and the body is quarantined as well."""
 
     events: list[StatusEvent]
     ignored: str | None = None
+    errors: dict[str, Any] | None = None
 
 
 class Provider(Protocol):

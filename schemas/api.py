@@ -6,11 +6,16 @@ from marshmallow import Schema, fields
 
 
 class AcceptedSchema(Schema):
-    """The answer to a webhook the endpoint took (or kept in quarantine, for Green-API)."""
+    """The answer to a webhook the endpoint took (or kept in quarantine, for Green-API and Meta)."""
 
     accepted = fields.Integer(required=True, metadata={"description": "events enqueued"})
     ignored = fields.String(metadata={"description": "another webhook type, not a status"})
-    quarantined = fields.Boolean(metadata={"description": "Green-API: invalid body kept"})
+    quarantined = fields.Boolean(
+        metadata={
+            "description": "Green-API, Meta: the invalid body (for Meta, its invalid part: the "
+            "valid statuses are counted in accepted) kept in quarantine"
+        }
+    )
     errors = fields.Dict(metadata={"description": "field -> messages, when quarantined"})
 
 

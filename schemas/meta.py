@@ -13,6 +13,7 @@ object) and the typed payloads of whatsapp-api-js (``ServerStatusPayload``): in 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -88,11 +89,9 @@ class MetaValueSchema(Schema):
 
     messaging_product = fields.String(load_default=None, allow_none=True)
     metadata = fields.Nested(MetaMetadataSchema, load_default=None, allow_none=True)
-    statuses = fields.List(
-        fields.Nested(MetaStatusSchema),
-        load_default=list,
-        validate=validate.Length(max=MAX_STATUSES),
-    )
+    # parse() validates each status on its own: one that Meta does not send as documented
+    # must not hold back the others of the batch.
+    statuses = fields.List(fields.Nested(MetaStatusSchema), load_default=list)
     messages = fields.List(fields.Raw(), load_default=None, allow_none=True)
 
 
@@ -123,6 +122,7 @@ class MetaWebhookSchema(Schema):
 
 
 SCHEMA = MetaWebhookSchema()
+STATUS_SCHEMA = MetaStatusSchema()
 
 
 def failure_reason(errors: list[dict[str, Any]] | None) -> str | None:
@@ -138,24 +138,38 @@ def failure_reason(errors: list[dict[str, Any]] | None) -> str | None:
     return "; ".join(reasons) or None
 
 
-def without_other_fields(body: Any) -> tuple[Any, list[str]]:
-    """Return the body with only its ``messages`` changes (another field's value is not
-    ours to validate) and the names of the other fields it held."""
+@dataclasses.dataclass
+class Envelope:
+    """A body taken apart: its ``messages`` changes with their statuses set aside (each is
+    validated on its own), and the names of the other fields it held (another field's value
+    is not ours to validate)."""
+
+    body: Any
+    statuses: dict[tuple[int, int], list[Any]] = dataclasses.field(default_factory=dict)
+    others: list[str] = dataclasses.field(default_factory=list)
+
+
+def take_apart(body: Any) -> Envelope:
+    """Split a body as Envelope says."""
     if not isinstance(body, dict) or not isinstance(body.get("entry"), list):
-        return body, []
-    entries, others = [], []
-    for entry in body["entry"]:
+        return Envelope(body)
+    envelope = Envelope({**body, "entry": []})
+    for i, entry in enumerate(body["entry"]):
         if isinstance(entry, dict) and isinstance(entry.get("changes"), list):
-            changes = []
+            changes: list[Any] = []
             for change in entry["changes"]:
                 name = change.get("field", FIELD) if isinstance(change, dict) else FIELD
-                if name == FIELD:
-                    changes.append(change)
-                else:
-                    others.append(str(name))
+                if name != FIELD:
+                    envelope.others.append(str(name))
+                    continue
+                value = change.get("value") if isinstance(change, dict) else None
+                if isinstance(value, dict) and isinstance(value.get("statuses"), list):
+                    envelope.statuses[(i, len(changes))] = value["statuses"]
+                    change = {**change, "value": {**value, "statuses": []}}
+                changes.append(change)
             entry = {**entry, "changes": changes}
-        entries.append(entry)
-    return {**body, "entry": entries}, others
+        envelope.body["entry"].append(entry)
+    return envelope
 
 
 def status_event(
@@ -184,21 +198,30 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     kind = body.get("object") if isinstance(body, dict) else None
     if isinstance(kind, str) and kind != OBJECT:
         return Parsed(events=[], ignored=kind)
-    kept, others = without_other_fields(body)
-    data = SCHEMA.load(kept)
+    envelope = take_apart(body)
+    data = SCHEMA.load(envelope.body)
+    if sum(map(len, envelope.statuses.values())) > MAX_STATUSES:
+        raise ValidationError({"entry": [f"More than {MAX_STATUSES} statuses in one body."]})
     events: list[StatusEvent] = []
+    errors: dict[str, Any] = {}
     incoming = False
-    for entry in data["entry"]:
-        for change in entry["changes"]:
+    for i, entry in enumerate(data["entry"]):
+        for j, change in enumerate(entry["changes"]):
             value = change["value"]
             instance_id = (value["metadata"] or {}).get("phone_number_id")
-            events.extend(
-                status_event(status, instance_id, received_at, request_id)
-                for status in value["statuses"]
-            )
             incoming = incoming or bool(value["messages"])
-    if len(events) > MAX_STATUSES:
-        raise ValidationError({"entry": [f"More than {MAX_STATUSES} statuses in one body."]})
+            for k, raw in enumerate(envelope.statuses.get((i, j), [])):
+                try:
+                    status = STATUS_SCHEMA.load(raw)
+                except ValidationError as err:
+                    path = errors.setdefault("entry", {}).setdefault(i, {})
+                    path = path.setdefault("changes", {}).setdefault(j, {})
+                    path.setdefault("value", {}).setdefault("statuses", {})[k] = err.messages
+                    continue
+                events.append(status_event(status, instance_id, received_at, request_id))
+    if errors and not events:
+        raise ValidationError(errors)
     if not events:
-        return Parsed(events=[], ignored="messages" if incoming else (others or ["no statuses"])[0])
-    return Parsed(events=events)
+        ignored = "messages" if incoming else (envelope.others or ["no statuses"])[0]
+        return Parsed(events=[], ignored=ignored)
+    return Parsed(events=events, errors=errors or None)

@@ -130,6 +130,20 @@ def test_a_body_still_invalid_stays_pending_and_the_command_fails(app, db, broke
     assert f"{item}\t" in run(app, "quarantine", "list").output
 
 
+def test_a_meta_batch_still_partly_invalid_stays_pending_and_enqueues_nothing_again(
+    app, db, broker
+):
+    """Its valid statuses were enqueued when it arrived; replay waits for the rest to validate."""
+    body = load_fixture("meta", "batch_two_entries")
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = "deleted"
+    item = quarantine(db, body, provider="meta")
+    result = run(app, "quarantine", "replay", str(item))
+    assert result.exit_code == 1
+    assert f"{item}: still invalid" in result.output and "status" in result.output
+    assert queued(broker) == []
+    assert f"{item}\t" in run(app, "quarantine", "list").output
+
+
 def test_show_and_discard(app, db):
     item = quarantine(db, "not json at all")
     shown = run(app, "quarantine", "show", str(item))

@@ -325,13 +325,45 @@ def test_meta_another_fields_value_never_invalidates_the_statuses():
         (lambda s: s.pop("id"), "id"),
     ],
 )
-def test_meta_invalid_status_names_its_path(change, path):
+def test_meta_invalid_status_is_named_and_the_rest_of_the_batch_kept(change, path):
     body = load_fixture("meta", "batch_two_entries")
     change(body["entry"][1]["changes"][0]["value"]["statuses"][1])
+    parsed = parse("meta", body)
+    assert [e.message_id for e in parsed.events] == ["wamid.BATCH1", "wamid.BATCH2", "wamid.BATCH3"]
+    statuses = parsed.errors["entry"][1]["changes"][0]["value"]["statuses"]
+    assert list(statuses) == [1]
+    assert path in statuses[1]
+
+
+def test_meta_body_whose_every_status_is_invalid_is_invalid():
+    body = load_fixture("meta", "sent")
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = "deleted"
     with pytest.raises(ValidationError) as err:
         parse("meta", body)
-    statuses = err.value.messages["entry"][1]["changes"][0]["value"]["statuses"]
-    assert path in statuses[1]
+    assert "status" in err.value.messages["entry"][0]["changes"][0]["value"]["statuses"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (lambda b: b.pop("entry"), ["entry"]),
+        (lambda b: b["entry"][0].pop("changes"), ["entry", 0, "changes"]),
+        (lambda b: b["entry"][0]["changes"][0].pop("value"), ["entry", 0, "changes", 0, "value"]),
+        (
+            lambda b: b["entry"][0]["changes"][0]["value"].update(statuses="x"),
+            ["entry", 0, "changes", 0, "value", "statuses"],
+        ),
+    ],
+)
+def test_meta_broken_envelope_is_invalid_naming_where(change, path):
+    body = load_fixture("meta", "sent")
+    change(body)
+    with pytest.raises(ValidationError) as err:
+        parse("meta", body)
+    where = err.value.messages
+    for key in path:
+        where = where[key]
+    assert where
 
 
 # --- Meta: the endpoint ---------------------------------------------------------------------
@@ -405,6 +437,25 @@ def test_meta_invalid_body_is_answered_200_and_quarantined(client, broker):
     assert response.json["quarantined"] is True
     assert "entry" in response.json["errors"]
     assert [task for task, _ in queued(broker)] == ["ticks.quarantine"]
+
+
+def test_meta_batch_with_one_invalid_status_enqueues_the_rest_and_quarantines_the_body(
+    client, broker
+):
+    body = load_fixture("meta", "batch_two_entries")
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = "deleted"
+    response = signed_post(client, "meta", body)
+    assert response.status_code == 200
+    assert response.json["accepted"] == 3
+    assert response.json["quarantined"] is True
+    assert response.json["errors"]["entry"]["0"]["changes"]["0"]["value"]["statuses"]["0"]
+    tasks = queued(broker)
+    assert [task for task, _ in tasks] == ["ticks.apply_events", "ticks.quarantine"]
+    assert [e["message_id"] for e in tasks[0][1]] == [
+        "wamid.BATCH2",
+        "wamid.BATCH3",
+        "wamid.BATCH4",
+    ]
 
 
 def test_meta_incoming_messages_are_answered_200_and_ignored(client, broker):
