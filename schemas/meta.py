@@ -159,11 +159,11 @@ def take_apart(body: Any) -> Envelope:
             changes: list[Any] = []
             for change in entry["changes"]:
                 name = change.get("field", FIELD) if isinstance(change, dict) else FIELD
-                if name != FIELD:
-                    envelope.others.append(str(name))
-                    continue
                 value = change.get("value") if isinstance(change, dict) else None
-                if isinstance(value, dict) and isinstance(value.get("statuses"), list):
+                if name != FIELD:  # kept in its place, so every index named stays true
+                    envelope.others.append(str(name))
+                    change = {"field": str(name), "value": {}}
+                elif isinstance(value, dict) and isinstance(value.get("statuses"), list):
                     envelope.statuses[(i, len(changes))] = value["statuses"]
                     change = {**change, "value": {**value, "statuses": []}}
                 changes.append(change)
@@ -207,6 +207,8 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     incoming = False
     for i, entry in enumerate(data["entry"]):
         for j, change in enumerate(entry["changes"]):
+            if change["field"] != FIELD:
+                continue
             value = change["value"]
             instance_id = (value["metadata"] or {}).get("phone_number_id")
             incoming = incoming or bool(value["messages"])

@@ -313,8 +313,12 @@ def test_meta_other_object_is_ignored():
 
 def test_meta_another_fields_value_never_invalidates_the_statuses():
     body = load_fixture("meta", "batch_two_entries")
-    body["entry"][0]["changes"].append({"field": "account_update", "value": "not an object"})
+    body["entry"][0]["changes"].insert(0, {"field": "account_update", "value": "not an object"})
     assert len(parse("meta", body).events) == 4
+    # and an invalid status is still named where it is in the body as sent
+    body["entry"][0]["changes"][1]["value"]["statuses"][1]["status"] = "deleted"
+    errors = parse("meta", body).errors
+    assert list(errors["entry"][0]["changes"]) == [1]
 
 
 @pytest.mark.parametrize(
