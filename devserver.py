@@ -28,7 +28,8 @@ from typing import Any
 from dotenv import dotenv_values, load_dotenv
 
 from embedded import EmbeddedPostgres, EmbeddedRedis
-from schemas.registry import REGISTRY, TokenAuth
+from schemas.proofs import TokenAuth, each
+from schemas.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parent
 VAR = Path(os.environ.get("TICKS_VAR_DIR", ROOT / "var")).resolve()
@@ -37,10 +38,19 @@ RUN_ENV = VAR / "run.env"  # the running service's server URLs, while it runs
 # The secrets `make run` makes up when unset: each provider's webhook tokens and handshake
 # tokens. A signing secret (Meta's app secret) is the provider's to give: never made up.
 TOKEN_VARS = tuple(
-    setting
-    for record in REGISTRY.values()
-    for setting in record.settings
-    if setting != record.auth.setting or isinstance(record.auth, TokenAuth)
+    dict.fromkeys(
+        setting
+        for record in REGISTRY.values()
+        for setting in (
+            *(
+                s
+                for proof in each(record.auth)
+                if isinstance(proof, TokenAuth)
+                for s in proof.settings
+            ),
+            *([record.handshake.setting] if record.handshake else []),
+        )
+    )
 )
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROCESSES = ("web", "worker", "flower")
@@ -117,14 +127,16 @@ def print_banner() -> None:
     log(f"web:     http://localhost:{port}/   (status page: any user name, API_TOKEN as password)")
     for name, record in REGISTRY.items():
         url = f"{base}/webhooks/{name}"
-        if isinstance(record.auth, TokenAuth):
-            log(f"{name:8} webhook URL: {url}/{first(record.auth.setting)}")
-            continue
-        line = f"{name:8} webhook URL: {url}"
+        proofs = each(record.auth)
+        tokens = [
+            proof for proof in proofs if isinstance(proof, TokenAuth) and first(proof.setting)
+        ]
+        line = f"{name:8} webhook URL: {url}" + (f"/{first(tokens[0].setting)}" if tokens else "")
         if record.handshake:
             line += f"   verify token: {first(record.handshake.setting)}"
-        if not first(record.auth.setting):
-            line += f"   (answers 404 until {record.auth.setting} holds your app secret)"
+        if not tokens:
+            unset = " or ".join(s for proof in proofs for s in proof.settings)
+            line += f"   (answers 404 until {unset} is set)"
         log(line)
     log(f"API_TOKEN: {os.environ['API_TOKEN']}   (Authorization: Bearer ... on /messages/...)")
     flower = f"http://{os.environ['FLOWER_ADDRESS']}:{os.environ['FLOWER_PORT']}"

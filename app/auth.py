@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from flask import current_app, request
 
 from app.errors import ApiError
-from schemas.registry import any_matches, header_token
+from schemas.proofs import any_matches, header_token
 
 
 def token_matches(given: str | None, accepted: Iterable[str]) -> bool:

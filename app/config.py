@@ -42,15 +42,15 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # BROKER_URL (amqp:// RabbitMQ, redis:// Redis), else REDIS_URL (workers/broker.py).
         "BROKER_URL": broker_url(env),
         "API_TOKEN": env.get("API_TOKEN", ""),
-        # Per provider, the secrets that prove a callback came from it (its record names the
-        # setting: tokens, or signing secrets), and those of its subscription handshake.
-        "WEBHOOK_TOKENS": {
-            name: split_tokens(env.get(record.auth.setting)) for name, record in REGISTRY.items()
-        },
-        "VERIFY_TOKENS": {
-            name: split_tokens(env.get(record.handshake.setting))
-            for name, record in REGISTRY.items()
-            if record.handshake
+        # Where providers reach Ticks (scheme, host, port): a signature over the URL (Twilio's)
+        # is checked against it. Unset: the request's own Host.
+        "PUBLIC_URL": env.get("PUBLIC_URL", "").rstrip("/"),
+        # Every provider's secrets, by the setting its record names: the tokens or signing
+        # secrets that prove a callback came from it, and those of its subscription handshake.
+        "PROVIDER_SECRETS": {
+            setting: split_tokens(env.get(setting))
+            for record in REGISTRY.values()
+            for setting in record.settings
         },
         "MAX_BODY_BYTES": int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         "RETRY_AFTER_SECONDS": int(env.get("RETRY_AFTER_SECONDS", "5")),

@@ -11,7 +11,8 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from schemas import api
 from schemas.fields import EpochTimestamp, Identifier, Text
-from schemas.registry import REGISTRY, ProviderRecord, TokenAuth
+from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each
+from schemas.registry import REGISTRY, ProviderRecord
 
 bp = Blueprint("openapi", __name__)
 SPEC = "ticks.openapi"
@@ -58,7 +59,7 @@ def webhook_answers(record: ProviderRecord) -> dict[str, Any]:
         ),
         **ERRORS,
         "401": answer(f"missing or wrong {record.auth.proof}"),
-        "404": answer(f"{record.auth.setting} is not set"),
+        "404": answer(f"{' and '.join(record.auth.settings)}: not set"),
     }
     if record.invalid_status != 200:
         answers["422"] = answer("authenticated but invalid: the body is kept in quarantine")
@@ -68,11 +69,11 @@ def webhook_answers(record: ProviderRecord) -> dict[str, Any]:
 def webhook_body(record: ProviderRecord) -> dict[str, Any]:
     refs = [{"$ref": f"#/components/schemas/{name}"} for name, _ in record.schemas]
     schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
-    return {"required": True, "content": {JSON: {"schema": schema}}}
+    return {"required": True, "content": {record.media_type: {"schema": schema}}}
 
 
 def webhook_paths(spec: APISpec, record: ProviderRecord) -> None:
-    """A provider's operations: POST with its proof of origin, and its handshake GET."""
+    """A provider's operations: POST with each proof of origin it takes, its handshake GET."""
     post = {
         "tags": ["webhooks"],
         "description": f"{record.title} ({record.docs}).",
@@ -80,8 +81,10 @@ def webhook_paths(spec: APISpec, record: ProviderRecord) -> None:
         "responses": webhook_answers(record),
     }
     path = f"/webhooks/{record.name}"
-    operations: dict[str, Any]
-    if isinstance(record.auth, TokenAuth):
+    proofs = each(record.auth)
+    tokens = [proof for proof in proofs if isinstance(proof, TokenAuth)]
+    signed = [proof for proof in proofs if isinstance(proof, (SignatureAuth, UrlSignatureAuth))]
+    if tokens:
         token = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
         spec.path(
             f"{path}/{{token}}",
@@ -93,29 +96,45 @@ def webhook_paths(spec: APISpec, record: ProviderRecord) -> None:
                 }
             },
         )
-        operations = {
-            "post": {
-                **post,
-                "summary": f"{record.title} callback, the token in Authorization",
-                "security": BEARER,
+        if record.event_suffix:
+            event = {
+                "name": "event",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "the event name the provider adds after the URL it was given",
             }
-        }
-    else:
-        signature = {
-            "name": record.auth.header,
-            "in": "header",
-            "required": True,
-            "schema": {"type": "string", "pattern": f"^{record.auth.prefix}[0-9a-f]+$"},
-            "description": f"{record.auth.prefix}<hex HMAC-{record.auth.digest.upper()} of the "
-            f"raw body with one of {record.auth.setting}>",
-        }
-        operations = {
-            "post": {
-                **post,
-                "summary": f"{record.title} callback, signed",
-                "parameters": [signature],
-            }
-        }
+            spec.path(
+                f"{path}/{{token}}/{{event}}",
+                operations={
+                    "post": {
+                        **post,
+                        "summary": f"{record.title} callback, by event (webhook_by_events)",
+                        "parameters": [token, event],
+                    }
+                },
+            )
+    operations: dict[str, Any] = {}
+    headers = [header for proof in tokens for header in proof.headers]
+    if signed or headers:
+        operation: dict[str, Any] = {**post, "summary": f"{record.title} callback, signed"}
+        if headers:
+            operation["summary"] = f"{record.title} callback, the token in a header"
+            operation["security"] = [
+                {"bearer" if header == "Authorization" else header: []} for header in headers
+            ]
+        if signed:
+            operation["parameters"] = [
+                {
+                    "name": proof.header,
+                    "in": "header",
+                    "required": not headers and len(signed) == 1,
+                    "schema": {"type": "string"},
+                    "description": proof.description,
+                }
+                for proof in signed
+            ]
+        operations["post"] = operation
     if record.handshake:
         operations["get"] = {
             "tags": ["webhooks"],
@@ -162,6 +181,15 @@ def build_spec() -> dict[str, Any]:
     plugin.map_to_openapi_type(Identifier, "string", None)
     plugin.map_to_openapi_type(Text, "string", None)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    token_headers = {
+        header
+        for record in REGISTRY.values()
+        for proof in each(record.auth)
+        if isinstance(proof, TokenAuth)
+        for header in proof.headers
+    }
+    for header in sorted(token_headers - {"Authorization"}):
+        spec.components.security_scheme(header, {"type": "apiKey", "in": "header", "name": header})
     bodies = dict(item for record in REGISTRY.values() for item in record.schemas)
     for name, schema in bodies.items():
         spec.components.schema(name, schema=schema)

@@ -19,8 +19,8 @@ from app.auth import require_api_token
 from app.database import pool
 from app.errors import ApiError
 from app.queue import EXTENSION, QueueUnavailable, send
-from app.webhooks import PARSERS
 from schemas.events import dump_events
+from schemas.registry import REGISTRY, load_body
 from workers import deadletters, store
 from workers.celery_app import APPLY_EVENTS
 
@@ -62,6 +62,10 @@ def letter_summary(row: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+# Row ids are bigserial: a larger number names no row (and PostgreSQL would refuse it).
+MAX_ROW_ID = 2**63 - 1
+
+
 @bp.get("/quarantine")
 def list_quarantine() -> Response:
     """Quarantined bodies, oldest first: pending ones (neither replayed nor discarded) or all."""
@@ -76,8 +80,10 @@ def list_quarantine() -> Response:
 def show_quarantine(item_id: int) -> Response:
     """One quarantined body, raw."""
     require_api_token()
-    with pool().connection() as conn:
-        rows = store.fetch_quarantine(conn, item_id=item_id)
+    rows = []
+    if item_id <= MAX_ROW_ID:
+        with pool().connection() as conn:
+            rows = store.fetch_quarantine(conn, item_id=item_id)
     if not rows:
         raise ApiError(404, "no such quarantined body")
     row = rows[0]
@@ -100,8 +106,10 @@ def list_dead_letters() -> Response:
 def show_dead_letter(letter_id: int) -> Response:
     """One dead letter, with its task payload."""
     require_api_token()
-    with pool().connection() as conn:
-        rows = store.fetch_dead_letters(conn, letter_id=letter_id)
+    rows = []
+    if letter_id <= MAX_ROW_ID:
+        with pool().connection() as conn:
+            rows = store.fetch_dead_letters(conn, letter_id=letter_id)
     if not rows:
         raise ApiError(404, "no such dead letter")
     return jsonify(**letter_summary(rows[0]), payload=rows[0]["payload"])
@@ -196,14 +204,13 @@ def quarantine_replay(ids: tuple[int, ...], everything: bool) -> None:
 def replay_one(row: dict[str, Any]) -> str:
     """Validate one stored body again; enqueue its events; say what happened."""
     try:
-        body = json.loads(row["raw_body"])
-        parsed = PARSERS[row["provider"]](
-            body, received_at=row["received_at"], request_id=row["request_id"]
-        )
+        record = REGISTRY[row["provider"]]
+        body = load_body(record.media_type, row["raw_body"].encode())
+        parsed = record.parse(body, received_at=row["received_at"], request_id=row["request_id"])
     except ValidationError as exc:
         return f"still invalid: {json.dumps(exc.messages, ensure_ascii=False, default=str)}"
     except (ValueError, RecursionError):
-        return "still invalid: not JSON"
+        return "still invalid: not JSON, or not a form"
     if parsed.errors:  # its valid part was enqueued when it arrived
         return f"still invalid: {json.dumps(parsed.errors, ensure_ascii=False, default=str)}"
     if parsed.ignored is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from flask import Blueprint, Response, current_app, make_response, render_templa
 from app.auth import require_person
 from app.database import pool
 from app.queue import queue_snapshot
-from schemas.registry import PROVIDERS
+from schemas.registry import PROVIDERS, REGISTRY
 from workers import store
 from workers.broker import QueueSnapshot
 from workers.redact import mask_phone
@@ -138,14 +139,21 @@ def throughput_chart(rows: list[dict[str, Any]], now: datetime, minutes: int = M
     )
 
 
-def count_table(counts: dict[tuple[str, str], dict[str, int]], window: str) -> dict[str, Any]:
-    """Rows of provider x status for one window ("hour" or "day"), with a totals row."""
-    providers = list(PROVIDERS) + sorted({p for p, _ in counts} - set(PROVIDERS))
+def count_table(
+    counts: dict[tuple[str, str], dict[str, int]], window: str, shown: Iterable[str] = PROVIDERS
+) -> dict[str, Any]:
+    """Rows of provider x status for one window ("hour" or "day"), with a totals row: a row
+    for each provider ``shown`` (those configured), and for any other with events."""
+    listed = list(shown)
+    providers = listed + [
+        p for p in PROVIDERS if p not in listed and any(k[0] == p for k in counts)
+    ]
+    providers += sorted({p for p, _ in counts} - set(providers))
     cells = {
         provider: [counts.get((provider, status), {}).get(window, 0) for status in STATUSES]
         for provider in providers
     }
-    totals = [sum(column) for column in zip(*cells.values(), strict=True)]
+    totals = [sum(row[i] for row in cells.values()) for i in range(len(STATUSES))]
     rows = [{"provider": provider, "cells": row} for provider, row in cells.items()]
     return {"rows": rows, "totals": totals}
 
@@ -205,11 +213,13 @@ def page_context() -> dict[str, Any]:
     }
     if overview is not None:
         now = overview["now"].astimezone(UTC)  # the database's clock, for counts and chart alike
+        secrets = current_app.config["PROVIDER_SECRETS"]
+        configured = [name for name, record in REGISTRY.items() if record.configured(secrets)]
         context.update(
             now=now,
             overview=overview,
-            hour=count_table(overview["counts"], "hour"),
-            day=count_table(overview["counts"], "day"),
+            hour=count_table(overview["counts"], "hour", configured),
+            day=count_table(overview["counts"], "day", configured),
             chart=throughput_chart(overview["per_minute"], now),
             failed=[{**row, "phone": mask_phone(row["phone"])} for row in overview["failed"]],
         )

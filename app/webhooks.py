@@ -16,7 +16,8 @@ from app.errors import ApiError
 from app.metrics import note_outcome
 from app.queue import QueueUnavailable, enqueue, enqueue_events
 from schemas.events import dump_events
-from schemas.registry import REGISTRY, ProviderRecord
+from schemas.proofs import Callback
+from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body
 from workers.celery_app import QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,35 @@ def tag_response(response: Response) -> Response:
     return response
 
 
-@bp.post("/webhooks/<provider>", defaults={"token": None})
-@bp.post("/webhooks/<provider>/<token>")
-def receive(provider: str, token: str | None) -> Response:
-    """Accept one status callback from a provider."""
+@bp.post("/webhooks/<provider>", defaults={"token": None, "event": None})
+@bp.post("/webhooks/<provider>/<token>", defaults={"event": None})
+@bp.post("/webhooks/<provider>/<token>/<event>")
+def receive(provider: str, token: str | None, event: str | None) -> Response:
+    """Accept one status callback from a provider (``event``: the name Evolution adds after
+    the URL it was given, with webhook_by_events; the body names the event too)."""
     record = REGISTRY.get(provider)
-    secrets = current_app.config["WEBHOOK_TOKENS"].get(provider)
-    if record is None or not secrets or (token is not None and not record.auth.in_path):
-        abort(404)
-    if not record.auth.verify(
-        secrets, token=token, headers=request.headers, body=lambda: request.get_data(cache=True)
+    secrets = current_app.config["PROVIDER_SECRETS"]
+    if (
+        record is None
+        or not record.configured(secrets)
+        or (token is not None and not record.auth.in_path)
+        or (event is not None and not record.event_suffix)
     ):
+        abort(404)
+    callback = Callback(
+        token,
+        request.headers,
+        body=lambda: request.get_data(cache=True),
+        url=called_url(),
+        form=lambda: form_fields(request.get_data(cache=True)),
+    )
+    try:
+        proven = record.auth.verify(secrets, callback)
+    except ValueError:  # a form body that is not UTF-8 cannot have been signed by Twilio
+        proven = False
+    if not proven:
         raise ApiError(401, "missing or invalid " + record.auth.proof)
-    body, raw = read_json_body()
+    body, raw = read_body(record)
     received_at = datetime.now(UTC)
     request_id = g.request_id = uuid.uuid4().hex
     try:
@@ -97,7 +114,7 @@ def handshake(provider: str) -> Response:
         abort(404)
     if record.handshake is None:
         abort(405, valid_methods=["POST"])
-    tokens = current_app.config["VERIFY_TOKENS"].get(provider)
+    tokens = current_app.config["PROVIDER_SECRETS"].get(record.handshake.setting)
     if not tokens:
         abort(404)
     challenge = request.args.get("hub.challenge", "")
@@ -111,15 +128,27 @@ def handshake(provider: str) -> Response:
     return Response(challenge, mimetype="text/plain")
 
 
-def read_json_body() -> tuple[Any, bytes]:
-    """Return the parsed JSON body and its raw bytes, or raise the matching 4xx."""
-    if request.mimetype != "application/json":
-        raise ApiError(415, "Content-Type must be application/json")
+def read_body(record: ProviderRecord) -> tuple[Any, bytes]:
+    """Return the body as the provider's parser takes it, and its raw bytes, or raise the
+    matching 4xx."""
+    if request.mimetype != record.media_type:
+        raise ApiError(415, f"Content-Type must be {record.media_type}")
     raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: werkzeug raises 413
     try:
-        return json.loads(raw), raw
+        return load_body(record.media_type, raw), raw
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise ApiError(400, "body is not valid JSON") from None
+        kind = "JSON" if record.media_type == JSON else "a form"
+        raise ApiError(400, f"body is not valid {kind}") from None
+
+
+def called_url() -> str:
+    """The URL the provider called: PUBLIC_URL (behind a proxy) or this request's host, and
+    the path and query exactly as they came (a signature over the URL covers their bytes)."""
+    base = (current_app.config["PUBLIC_URL"] or request.host_url).rstrip("/")
+    raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not raw_uri:
+        raw_uri = request.full_path.removesuffix("?")
+    return base + raw_uri
 
 
 def normalize_errors(messages: Any) -> Any:
@@ -146,7 +175,9 @@ def quarantine(
         "provider": provider.name,
         "reason": "validation",
         "errors": errors,
-        "raw_body": raw.decode(json.detect_encoding(raw), errors="replace"),
+        "raw_body": raw.decode(
+            json.detect_encoding(raw) if provider.media_type == JSON else "utf-8", "replace"
+        ),
         "content_type": request.content_type,
         "received_at": received_at.isoformat(),
     }

@@ -9,95 +9,38 @@ record here, and fixtures in tests/fixtures/<name>/.
 from __future__ import annotations
 
 import dataclasses
-import hmac
-from collections.abc import Callable, Iterable
-from typing import Protocol
+import json
+from typing import Any
+from urllib.parse import parse_qsl
 
 from marshmallow import Schema
 
-from schemas import Provider, greenapi, meta, plug, zapi
+from schemas import Provider, evolution, greenapi, meta, plug, twilio, waha, zapi
+from schemas.proofs import (
+    EitherAuth,
+    Proof,
+    Secrets,
+    SignatureAuth,
+    TokenAuth,
+    UrlSignatureAuth,
+)
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 
 
-class Headers(Protocol):
-    """Request headers, case-insensitive (werkzeug's, or a dict in tests)."""
-
-    def get(self, key: str) -> str | None: ...
-
-
-def any_matches(given: bytes, accepted: Iterable[bytes]) -> bool:
-    """Return whether ``given`` equals one of ``accepted``, comparing every one in full (so the
-    time taken tells nothing about which, or how much, matched)."""
-    found = False
-    for candidate in accepted:
-        found |= hmac.compare_digest(given, candidate)
-    return found and bool(given)
+def form_fields(raw: bytes) -> list[tuple[str, str]]:
+    """A form body's fields, in order (a repeated name once per value); ValueError if it is
+    not UTF-8."""
+    return parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenAuth:
-    """A shared secret, as the URL's last segment or in ``Authorization`` (``<scheme> <token>``
-    or bare). For providers that sign nothing: the URL is the secret."""
-
-    setting: str
-    in_path = True
-    proof = "token"
-
-    def verify(
-        self,
-        secrets: Iterable[str],
-        *,
-        token: str | None,
-        headers: Headers,
-        body: Callable[[], bytes],
-    ) -> bool:
-        """Return whether the request carries one of ``secrets``."""
-        given = token if token is not None else header_token(headers.get("Authorization"))
-        return any_matches((given or "").encode(), (secret.encode() for secret in secrets))
-
-
-@dataclasses.dataclass(frozen=True)
-class SignatureAuth:
-    """An HMAC of the exact bytes received, in a header as ``<prefix><hex digest>``, keyed by
-    one of the settings' secrets (several, so a secret can be rotated)."""
-
-    setting: str
-    header: str
-    prefix: str
-    digest: str
-    in_path = False
-
-    @property
-    def proof(self) -> str:
-        return f"{self.header} signature"
-
-    def verify(
-        self,
-        secrets: Iterable[str],
-        *,
-        token: str | None,
-        headers: Headers,
-        body: Callable[[], bytes],
-    ) -> bool:
-        """Return whether the header is the HMAC of the body with one of ``secrets``."""
-        given = (headers.get(self.header) or "").strip()
-        if token is not None or not given.startswith(self.prefix):
-            return False
-        raw = body()
-        expected = [
-            (self.prefix + hmac.new(secret.encode(), raw, self.digest).hexdigest()).encode()
-            for secret in secrets
-        ]
-        return any_matches(given.lower().encode(), expected)
-
-
-def header_token(authorization: str | None) -> str | None:
-    """Return the token of an ``Authorization`` header: ``<scheme> <token>`` or a bare token."""
-    parts = (authorization or "").split()
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[1]
-    return None
+def load_body(media_type: str, raw: bytes) -> Any:
+    """A body as its provider's parser takes it: JSON, or a form as a dict (the last value of
+    a repeated name). Raises ValueError (or RecursionError) when it is neither."""
+    if media_type == FORM:
+        return dict(form_fields(raw))
+    return json.loads(raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +58,7 @@ class ProviderRecord:
     name: str  # in URLs (/webhooks/<name>), metrics and the database
     title: str
     parse: Provider
-    auth: TokenAuth | SignatureAuth
+    auth: Proof
     # The answer to an authenticated body that does not validate (it is quarantined either
     # way). 200 where anything else makes the provider re-send it or hold what follows.
     invalid_status: int
@@ -123,11 +66,19 @@ class ProviderRecord:
     schemas: tuple[tuple[str, type[Schema]], ...]
     docs: str
     handshake: Handshake | None = None
+    media_type: str = JSON
+    # Whether the provider may add an event name after the URL it was given (Evolution's
+    # webhook_by_events: <url>/messages-update).
+    event_suffix: bool = False
+
+    def configured(self, secrets: Secrets) -> bool:
+        """Whether a callback could prove it came from this provider (a secret is set)."""
+        return any(secrets.get(setting) for setting in self.auth.settings)
 
     @property
     def settings(self) -> tuple[str, ...]:
         """The environment variables holding this provider's secrets."""
-        return (self.auth.setting, *([self.handshake.setting] if self.handshake else []))
+        return (*self.auth.settings, *([self.handshake.setting] if self.handshake else []))
 
 
 ZAPI_SCHEMAS = (
@@ -172,7 +123,7 @@ REGISTRY: dict[str, ProviderRecord] = {
             title="Meta WhatsApp Cloud API",
             parse=meta.parse,
             auth=SignatureAuth(
-                "META_APP_SECRETS", header="X-Hub-Signature-256", prefix="sha256=", digest="sha256"
+                "META_APP_SECRETS", header="X-Hub-Signature-256", digest="sha256", prefix="sha256="
             ),
             # Meta re-sends anything not answered 200 for days and may disable the app's
             # subscription.
@@ -180,6 +131,44 @@ REGISTRY: dict[str, ProviderRecord] = {
             schemas=(("MetaWebhook", meta.MetaWebhookSchema),),
             docs="https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components",
             handshake=Handshake("META_VERIFY_TOKENS"),
+        ),
+        ProviderRecord(
+            name="evolution",
+            title="Evolution API",
+            parse=evolution.parse,
+            # Its webhook config can send custom headers: Authorization or apikey.
+            auth=TokenAuth("EVOLUTION_WEBHOOK_TOKENS", headers=("Authorization", "apikey")),
+            # Evolution (2.3+) retries anything but 400/401/403/404/422 up to 10 times.
+            invalid_status=422,
+            schemas=(("EvolutionWebhook", evolution.EvolutionWebhookSchema),),
+            docs="https://doc.evolution-api.com/v2/en/configuration/webhooks",
+            event_suffix=True,
+        ),
+        ProviderRecord(
+            name="waha",
+            title="WAHA",
+            parse=waha.parse,
+            auth=EitherAuth(
+                (
+                    TokenAuth("WAHA_WEBHOOK_TOKENS", headers=()),
+                    SignatureAuth("WAHA_HMAC_KEYS", header="X-Webhook-Hmac", digest="sha512"),
+                )
+            ),
+            # WAHA retries every answer but 2xx (15 times, 2 s apart, by default).
+            invalid_status=200,
+            schemas=(("WahaWebhook", waha.WahaWebhookSchema),),
+            docs="https://waha.devlike.pro/docs/how-to/events/",
+        ),
+        ProviderRecord(
+            name="twilio",
+            title="Twilio (WhatsApp sender)",
+            parse=twilio.parse,
+            auth=UrlSignatureAuth("TWILIO_AUTH_TOKENS"),
+            # Twilio retries a status callback only when it cannot connect, by default.
+            invalid_status=422,
+            schemas=(("TwilioStatusCallback", twilio.TwilioStatusCallbackSchema),),
+            docs="https://www.twilio.com/docs/messaging/guides/track-outbound-message-status",
+            media_type=FORM,
         ),
     )
 }

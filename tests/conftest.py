@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import kombu
 import psycopg
@@ -27,7 +28,8 @@ from psycopg.conninfo import make_conninfo
 
 from app import create_app
 from embedded import EmbeddedPostgres, EmbeddedRedis
-from schemas.registry import REGISTRY, TokenAuth
+from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each, url_signature
+from schemas.registry import FORM, REGISTRY
 from workers.celery_app import QUEUE
 from workers.db import close_pool
 from workers.migrate import migrate
@@ -39,31 +41,56 @@ WEBHOOK_TOKENS = {
     "greenapi": ("green-secret",),
     "plug": ("plug-secret",),
     "meta": ("meta-app-secret-old", "meta-app-secret"),  # app secrets, mid-rotation
+    "evolution": ("evolution-token",),
+    "waha": ("waha-token",),
+    "twilio": ("twilio-auth-token-old", "twilio-auth-token"),
 }
-VERIFY_TOKENS = {"meta": ("meta-verify-token",)}
+# Secrets of a provider's other settings: handshakes, a second way to prove a callback.
+OTHER_SECRETS = {
+    "META_VERIFY_TOKENS": ("meta-verify-token",),
+    "WAHA_HMAC_KEYS": ("waha-hmac-key",),
+}
+VERIFY_TOKENS = {"meta": OTHER_SECRETS["META_VERIFY_TOKENS"]}
 API_TOKEN = "api-secret-for-tests"
 TABLES = "receipts, status_events, messages, quarantine, dead_letters"
+# The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
+TEST_CLIENT_BASE = "http://localhost"
+
+
+def provider_secrets(tokens: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The app's PROVIDER_SECRETS for secrets given by provider (to the setting of its first
+    proof), with OTHER_SECRETS."""
+    secrets = {REGISTRY[name].auth.settings[0]: value for name, value in tokens.items()}
+    return {**OTHER_SECRETS, **secrets}
 
 
 def signed_post(
     client: FlaskClient, provider: str, body: Any, secret: str | None = None, **kwargs: Any
 ) -> Any:
-    """POST a body the way its provider proves it sent it: a token in the URL, or the HMAC of
-    the exact bytes in a header."""
+    """POST a body the way its provider proves it sent it: a token in the URL, the HMAC of
+    the exact bytes in a header, or Twilio's signature of the URL and the form."""
     record = REGISTRY[provider]
     secret = secret or WEBHOOK_TOKENS[provider][0]
-    if isinstance(record.auth, TokenAuth):
-        return client.post(f"/webhooks/{provider}/{secret}", json=body, **kwargs)
+    proof = each(record.auth)[0]
+    headers = kwargs.pop("headers", {})
+    if isinstance(proof, TokenAuth):
+        return client.post(f"/webhooks/{provider}/{secret}", json=body, headers=headers, **kwargs)
+    path = f"/webhooks/{provider}"
+    if isinstance(proof, UrlSignatureAuth):
+        fields = list(body.items()) if isinstance(body, dict) else body
+        signature = url_signature(secret, TEST_CLIENT_BASE + path, fields)
+        return client.post(
+            path,
+            data=urlencode(fields),
+            headers={proof.header: signature, **headers},
+            content_type=FORM,
+            **kwargs,
+        )
+    assert isinstance(proof, SignatureAuth)
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    digest = hmac.new(secret.encode(), raw, record.auth.digest).hexdigest()
-    headers = {record.auth.header: f"{record.auth.prefix}{digest}", **kwargs.pop("headers", {})}
-    return client.post(
-        f"/webhooks/{provider}",
-        data=raw,
-        headers=headers,
-        content_type="application/json",
-        **kwargs,
-    )
+    digest = hmac.new(secret.encode(), raw, proof.digest).hexdigest()
+    headers = {proof.header: f"{proof.prefix}{digest}", **headers}
+    return client.post(path, data=raw, headers=headers, content_type="application/json", **kwargs)
 
 
 def load_fixture(provider: str, name: str) -> Any:
@@ -200,8 +227,7 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
         "DATABASE_URL": database_url,
         "BROKER_URL": redis_url,
         "API_TOKEN": API_TOKEN,
-        "WEBHOOK_TOKENS": dict(WEBHOOK_TOKENS),
-        "VERIFY_TOKENS": dict(VERIFY_TOKENS),
+        "PROVIDER_SECRETS": provider_secrets(WEBHOOK_TOKENS),
         **overrides,
     }
     return create_app(config)

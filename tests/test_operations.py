@@ -76,6 +76,13 @@ def test_quarantine_is_listed_and_shown(client, db):
     assert client.get(f"/quarantine/{item + 1000}", headers=AUTH).status_code == 404
 
 
+@pytest.mark.parametrize("path", ["/quarantine", "/dead-letters"])
+def test_an_id_past_any_row_is_404_not_500(client, db, path):
+    response = client.get(f"{path}/{2**63}", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json["error"]
+
+
 def test_dead_letters_are_listed_and_shown(client, db):
     letter = dead_letter(db)
     [listed] = client.get("/dead-letters", headers=AUTH).json["items"]

@@ -60,10 +60,10 @@ def test_configuration_reads_each_records_settings():
         for setting in r.settings
     }
     config = load_config(env)
-    for name, record in REGISTRY.items():
-        setting = record.auth.setting.lower()
-        assert config["WEBHOOK_TOKENS"][name] == (f"{setting}-1", f"{setting}-2")
-    assert config["VERIFY_TOKENS"]["meta"] == ("meta_verify_tokens-1", "meta_verify_tokens-2")
+    assert config["PROVIDER_SECRETS"] == {
+        setting: (f"{setting.lower()}-1", f"{setting.lower()}-2") for setting in env
+    }
+    assert "META_APP_SECRETS" in env and "META_VERIFY_TOKENS" in env
 
 
 # --- chat identity ------------------------------------------------------------------------
@@ -499,8 +499,7 @@ def test_meta_is_404_until_its_secrets_are_set(database_url, redis_url, broker):
     client = make_app(
         database_url,
         redis_url,
-        WEBHOOK_TOKENS={"zapi": ("z",), "meta": ()},
-        VERIFY_TOKENS={"meta": ()},
+        PROVIDER_SECRETS={"ZAPI_WEBHOOK_TOKENS": ("z",)},
     ).test_client()
     assert signed_post(client, "meta", load_fixture("meta", "sent"), "x").status_code == 404
     assert verify(client, **{"hub.verify_token": "x"}).status_code == 404

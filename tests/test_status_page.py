@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 from app import status_page
 from app.config import load_config
 from schemas.events import StatusEvent
+from schemas.registry import PROVIDERS
 from tests.conftest import API_TOKEN, WEBHOOK_TOKENS, free_port, load_fixture, make_app
 from workers import store
 
@@ -116,11 +117,15 @@ def test_counts_by_provider_and_status_over_the_hour_and_the_day(db):
     rows = {row["provider"]: row["cells"] for row in hour["rows"]}
     # sent, received, read, played, failed
     assert rows == {
+        **{provider: [0, 0, 0, 0, 0] for provider in PROVIDERS},
         "zapi": [4, 1, 1, 1, 0],
         "greenapi": [0, 0, 0, 0, 1],
-        "plug": [0, 0, 0, 0, 0],
-        "meta": [0, 0, 0, 0, 0],
     }
+    # On the page: the providers configured, and any other that has events.
+    shown = status_page.count_table(overview["counts"], "hour", ["plug"])
+    assert [row["provider"] for row in shown["rows"]] == ["plug", "zapi", "greenapi"]
+    assert shown["totals"] == hour["totals"]
+    assert status_page.count_table({}, "day", [])["totals"] == [0, 0, 0, 0, 0]
     assert hour["totals"] == [4, 1, 1, 1, 1]
     assert day["totals"] == [5, 1, 1, 1, 1]  # 5 hours ago: the day's; 25 hours: neither
 

@@ -13,6 +13,7 @@ EXPECTED = {
         "played": "played",
         "failed": "failed",
         "read_by_me": None,
+        "pending": None,
     },
     "sent": {
         "sent": "sent",
@@ -21,6 +22,7 @@ EXPECTED = {
         "played": "played",
         "failed": "failed",
         "read_by_me": "sent",
+        "pending": "sent",
     },
     "received": {
         "sent": "received",
@@ -29,6 +31,7 @@ EXPECTED = {
         "played": "played",
         "failed": "received",
         "read_by_me": "received",
+        "pending": "received",
     },
     "read": {
         "sent": "read",
@@ -37,6 +40,7 @@ EXPECTED = {
         "played": "played",
         "failed": "read",
         "read_by_me": "read",
+        "pending": "read",
     },
     "played": dict.fromkeys(EVENT_STATUSES, "played"),
     "failed": dict.fromkeys(EVENT_STATUSES, "failed"),
@@ -55,7 +59,7 @@ def test_transition_table(pair):
 
 
 def test_table_covers_every_pair():
-    assert sum(len(row) for row in EXPECTED.values()) == len(PAIRS) == 36
+    assert sum(len(row) for row in EXPECTED.values()) == len(PAIRS) == 42
 
 
 def test_read_by_me_is_applied_but_never_moves_status():

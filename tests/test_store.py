@@ -16,7 +16,15 @@ from workers.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
 from workers.store import Outcome
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-OFFSET = {"sent": 0, "received": 1, "read": 2, "played": 3, "failed": 4, "read_by_me": 5}
+OFFSET = {
+    "sent": 0,
+    "received": 1,
+    "read": 2,
+    "played": 3,
+    "failed": 4,
+    "read_by_me": 5,
+    "pending": 6,
+}
 
 
 def event(status: str, message_id: str = "M1", provider: str = "zapi", **fields) -> StatusEvent:

@@ -111,7 +111,7 @@ def test_doubled_slashes_are_a_json_404_not_a_redirect(client, broker, path):
 
 
 def test_provider_without_tokens_is_404(database_url, redis_url, broker):
-    app = make_app(database_url, redis_url, WEBHOOK_TOKENS={"zapi": ("t",), "plug": ()})
+    app = make_app(database_url, redis_url, PROVIDER_SECRETS={"ZAPI_WEBHOOK_TOKENS": ("t",)})
     response = app.test_client().post(
         "/webhooks/plug/anything", json=load_fixture("plug", "played_2025")
     )
@@ -295,11 +295,11 @@ def test_every_configured_token_is_compared_in_full(monkeypatch):
     import hmac
 
     from app import auth
-    from schemas import registry
+    from schemas import proofs
 
     calls = []
     real = hmac.compare_digest
-    monkeypatch.setattr(registry.hmac, "compare_digest", lambda a, b: calls.append(b) or real(a, b))
+    monkeypatch.setattr(proofs.hmac, "compare_digest", lambda a, b: calls.append(b) or real(a, b))
     assert auth.token_matches("first", ["first", "second", "third"])
     assert calls == [b"first", b"second", b"third"]
 

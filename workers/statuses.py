@@ -10,13 +10,17 @@ READ = "read"
 PLAYED = "played"
 FAILED = "failed"
 READ_BY_ME = "read_by_me"
+# The provider has the message but has not sent it yet (Evolution PENDING, WAHA 0, Twilio
+# queued/sending/accepted/scheduled): kept in the history, never a status.
+PENDING = "pending"
 
 # Delivery progress, in order. A message only ever moves right.
 PROGRESS = (SENT, RECEIVED, READ, PLAYED)
 # What a message row's status column may hold.
 STATUSES = (*PROGRESS, FAILED)
-# What an event may carry: read_by_me is a receipt of the connected account, not a state.
-EVENT_STATUSES = (*STATUSES, READ_BY_ME)
+# What an event may carry: read_by_me is a receipt of the connected account, not a state;
+# pending is not a state either.
+EVENT_STATUSES = (*STATUSES, READ_BY_ME, PENDING)
 # failed is believable only while delivery is unproven.
 FAILABLE_FROM = (None, SENT)
 
@@ -35,8 +39,9 @@ def next_status(current: str | None, incoming: str) -> str | None:
     - failed: terminal; entered only from None or sent, because after received the
       recipient's phone has proven delivery and a failure report contradicts it.
     - read_by_me: the connected account read the message itself; never a status.
+    - pending: not sent yet; never a status (nor a step back from one).
     """
-    if incoming == READ_BY_ME:
+    if incoming in (READ_BY_ME, PENDING):
         return current
     if current == FAILED:
         return current

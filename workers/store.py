@@ -80,7 +80,8 @@ WITH old AS (
     INSERT INTO receipts (provider, message_id, participant, status, occurred_at, received_at)
     SELECT %(provider)s, %(message_id)s, %(participant)s, %(status)s, %(occurred_at)s,
            %(received_at)s
-    WHERE %(participant)s::text IS NOT NULL AND %(status)s <> 'read_by_me'
+    WHERE %(participant)s::text IS NOT NULL
+      AND %(status)s IN ('sent', 'received', 'read', 'played', 'failed')
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -160,7 +161,7 @@ SELECT provider, status,
        count(*) AS day
 FROM status_events
 WHERE created_at >= now() - interval '24 hours'
-  AND status <> 'read_by_me' AND (applied OR status <> 'failed')
+  AND status NOT IN ('read_by_me', 'pending') AND (applied OR status <> 'failed')
 GROUP BY provider, status
 """
 
