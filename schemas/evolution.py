@@ -128,7 +128,7 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
                 received_at=received_at,
                 instance_id=loaded["instance"],
                 participant=participant if in_group and participant != chat.chat_id else None,
-                failure_reason="ERROR" if status == FAILED else None,
+                failure_reason=update["status"] if status == FAILED else None,
                 request_id=request_id,
                 **chat_fields(chat),
             )

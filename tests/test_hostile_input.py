@@ -6,13 +6,23 @@ import hmac
 import json
 import os
 import time
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.registry import PROVIDERS, REGISTRY, SignatureAuth
-from tests.conftest import API_TOKEN, WEBHOOK_TOKENS, fixture_names, load_fixture, queued
+from schemas.proofs import SignatureAuth, UrlSignatureAuth, each, url_signature
+from schemas.registry import FORM, PROVIDERS, REGISTRY, form_fields
+from tests.conftest import (
+    API_TOKEN,
+    OTHER_SECRETS,
+    TEST_CLIENT_BASE,
+    WEBHOOK_TOKENS,
+    fixture_names,
+    load_fixture,
+    queued,
+)
 
 REAL_TOKENS = [t for tokens in WEBHOOK_TOKENS.values() for t in tokens]
 json_values = st.recursive(
@@ -23,13 +33,24 @@ json_values = st.recursive(
     max_leaves=20,
 )
 FIXTURES = [load_fixture(p, n) for p in PROVIDERS for n in fixture_names(p)]
+FORM_FIXTURES = [
+    load_fixture(p, n)
+    for p in PROVIDERS
+    if REGISTRY[p].media_type == FORM
+    for n in fixture_names(p)
+]
 
 
 @st.composite
 def bodies(draw):
-    kind = draw(st.sampled_from(["fixture", "mutated", "json", "bytes"]))
+    kind = draw(st.sampled_from(["fixture", "mutated", "json", "bytes", "form"]))
     if kind == "bytes":
         return draw(st.binary(max_size=300))
+    if kind == "form":  # Twilio's, its fields changed
+        fields = dict(draw(st.sampled_from(FORM_FIXTURES)))
+        for key in draw(st.lists(st.sampled_from(sorted(fields)), max_size=3)):
+            fields[key] = draw(st.text(max_size=20))
+        return urlencode(fields).encode()
     if kind == "json":
         return json.dumps(draw(json_values)).encode()
     body = dict(draw(st.sampled_from(FIXTURES)))
@@ -84,6 +105,23 @@ FUZZ_EXAMPLES = int(os.environ.get("TICKS_FUZZ_EXAMPLES", "3000"))
 EXPLORE = "TICKS_FUZZ_EXAMPLES" in os.environ
 
 
+def signature_headers(record, path: str, body: bytes) -> dict[str, str]:
+    """The headers with which the record's provider would have signed this body."""
+    for proof in each(record.auth):
+        if isinstance(proof, SignatureAuth):
+            secret = OTHER_SECRETS.get(proof.setting, WEBHOOK_TOKENS[record.name])[0]
+            digest = hmac.new(secret.encode(), body, proof.digest).hexdigest()
+            return {proof.header: proof.prefix + digest}
+        if isinstance(proof, UrlSignatureAuth):
+            try:
+                fields = form_fields(body)
+            except ValueError:
+                return {}
+            url = TEST_CLIENT_BASE + path
+            return {proof.header: url_signature(WEBHOOK_TOKENS[record.name][0], url, fields)}
+    return {}
+
+
 @settings(
     max_examples=FUZZ_EXAMPLES,
     derandomize=not EXPLORE,
@@ -95,11 +133,9 @@ def test_generated_requests_are_answered_honestly(
     client, broker, method, path, header_values, body, sign
 ):
     record = REGISTRY.get(path.split("/")[2]) if path.startswith("/webhooks/") else None
-    if sign and record and isinstance(record.auth, SignatureAuth):
+    if sign and record:
         # Signed as its provider would: what is past the signature is exercised too.
-        secret = WEBHOOK_TOKENS[record.name][0].encode()
-        digest = hmac.new(secret, body, record.auth.digest).hexdigest()
-        header_values = {**header_values, record.auth.header: record.auth.prefix + digest}
+        header_values = {**header_values, **signature_headers(record, path, body)}
     before = broker.llen("ticks")
     started = time.monotonic()
     response = client.open(path, method=method, headers=header_values, data=body)
@@ -156,3 +192,45 @@ def test_oversized_body_is_refused_without_being_read(database_url, redis_url, b
     assert response.status_code == 413
     assert CountingStream.consumed == 0
     assert broker.llen("ticks") == 0
+
+
+form_text = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+@settings(
+    max_examples=300,
+    derandomize=not EXPLORE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["MessageSid", "MessageStatus", "To", "From", "ErrorCode", "Other"])
+        | form_text,
+        form_text,
+        max_size=4,
+    ),
+    dropped=st.sets(st.sampled_from(["MessageSid", "MessageStatus", "To"])),
+)
+def test_signed_forms_are_answered_honestly(client, broker, changes, dropped):
+    """Whatever a correctly signed Twilio form holds: accepted, ignored or quarantined, never
+    a 5xx, and on the queue exactly what the answer says."""
+    fields = {**load_fixture("twilio", "read"), **changes}
+    for name in dropped:
+        fields.pop(name, None)
+    body = urlencode(fields).encode()
+    before = broker.llen("ticks")
+    response = client.post(
+        "/webhooks/twilio",
+        data=body,
+        content_type=FORM,
+        headers=signature_headers(REGISTRY["twilio"], "/webhooks/twilio", body),
+    )
+    assert response.status_code in (200, 422), (response.status_code, response.json)
+    enqueued = broker.llen("ticks") - before
+    if response.status_code == 422:
+        assert enqueued == 1 and response.json["errors"]
+    else:
+        assert enqueued == (
+            1 if response.json["accepted"] or response.json.get("quarantined") else 0
+        )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+import json
+
 import pytest
 
 from tests.conftest import API_TOKEN, load_fixture, signed_post, wait_for
@@ -99,3 +102,74 @@ def test_meta_with_a_wrong_signature_lands_nothing(client, start_worker, db):
     )
     [[count]] = db.execute("SELECT count(*) FROM status_events").fetchall()
     assert count == 1  # the read; the unsigned sent never arrived
+
+
+def test_signed_waha_ack_lands(client, start_worker):
+    start_worker()
+    raw = json.dumps(load_fixture("waha", "ack_device")).encode()
+    signature = hmac.new(b"waha-hmac-key", raw, "sha512").hexdigest()
+    response = client.post(
+        "/webhooks/waha",
+        data=raw,
+        content_type="application/json",
+        headers={"X-Webhook-Hmac": signature, "X-Webhook-Hmac-Algorithm": "sha512"},
+    )
+    assert response.json == {"accepted": 1}
+    assert signed_post(client, "waha", load_fixture("waha", "ack_played")).json == {"accepted": 1}
+    message_id = "true_5544999999999@c.us_4CC5EDD64BC22EBA6D639F2AF571346C"
+    message = wait_for(
+        lambda: read_message(client, "waha", message_id, lambda m: len(m["events"]) == 2)
+    )
+    assert message["status"] == "played"
+    assert message["received_at"] is not None
+
+
+def test_evolution_string_and_numeric_statuses_both_land(client, start_worker):
+    start_worker()
+    as_word = load_fixture("evolution", "v2_server_ack")
+    as_number = load_fixture("evolution", "numeric_status_read")  # 4: READ
+    for body in (as_word, as_number):
+        assert signed_post(client, "evolution", body).json == {"accepted": 1}
+    message = wait_for(
+        lambda: read_message(
+            client, "evolution", as_word["data"]["keyId"], lambda m: len(m["events"]) == 2
+        )
+    )
+    assert message["status"] == "read"
+    assert sorted(e["raw_status"] for e in message["events"]) == ["READ", "SERVER_ACK"]
+
+
+def test_signed_twilio_form_lands_and_a_pending_one_moves_nothing(client, start_worker):
+    start_worker()
+    for name in ("queued", "delivered", "sent"):
+        assert signed_post(client, "twilio", load_fixture("twilio", name)).json == {"accepted": 1}
+    message = wait_for(
+        lambda: read_message(
+            client,
+            "twilio",
+            "SM1f0e8ae6ade43cb3c0ce4525424e404f",
+            lambda m: len(m["events"]) == 3,
+        )
+    )
+    assert message["status"] == "received"
+    assert message["phone"] == "5544999999999"
+    assert {e["status"]: e["applied"] for e in message["events"]}["pending"] is False
+
+
+@pytest.mark.parametrize(
+    ("provider", "fixture"),
+    [
+        ("evolution", "other_type_messages_upsert"),
+        ("evolution", "other_type_connection_update"),
+        ("waha", "other_type_message"),
+        ("waha", "other_type_session_status"),
+        ("twilio", "other_type_inbound_received"),
+        ("meta", "other_type_incoming_message"),
+        ("meta", "other_type_account_update"),
+    ],
+)
+def test_other_event_types_are_answered_200_and_ignored(client, broker, provider, fixture):
+    response = signed_post(client, provider, load_fixture(provider, fixture))
+    assert response.status_code == 200
+    assert response.json["accepted"] == 0 and response.json["ignored"]
+    assert broker.llen("ticks") == 0
