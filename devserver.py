@@ -134,7 +134,8 @@ def print_banner() -> None:
         line = f"{name:8} webhook URL: {url}" + (f"/{first(tokens[0].setting)}" if tokens else "")
         if record.handshake:
             line += f"   verify token: {first(record.handshake.setting)}"
-        if not tokens:
+        secrets = {setting: first(setting) for setting in record.settings}
+        if not record.configured(secrets):
             unset = " or ".join(s for proof in proofs for s in proof.settings)
             line += f"   (answers 404 until {unset} is set)"
         log(line)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.proofs import UrlSignatureAuth, each
 from schemas.registry import REGISTRY
 from workers.broker import broker_url
 from workers.db import DEFAULT_DATABASE_URL
@@ -63,6 +64,15 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Fail at start-up, with the fix, when a required setting is missing."""
+    secrets = config["PROVIDER_SECRETS"]
+    for record in REGISTRY.values():
+        signs_url = [p for p in each(record.auth) if isinstance(p, UrlSignatureAuth)]
+        if signs_url and record.configured(secrets) and not config["PUBLIC_URL"]:
+            raise RuntimeError(
+                f"{signs_url[0].setting} is set but PUBLIC_URL is not: {record.title} signs "
+                "the URL it calls, so set PUBLIC_URL to the scheme, host and port it calls "
+                "(https://ticks.example.com); the Host of each request is not to be trusted"
+            )
     if not config["API_TOKEN"]:
         raise RuntimeError(
             "API_TOKEN is not set: set it to a long random string; it guards the read API "

@@ -25,7 +25,7 @@ from app.queue import queue_snapshot
 from schemas.registry import PROVIDERS, REGISTRY
 from workers import store
 from workers.broker import QueueSnapshot
-from workers.redact import mask_phone
+from workers.redact import mask_message_id, mask_phone
 from workers.statuses import STATUSES
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,14 @@ def page_context() -> dict[str, Any]:
             hour=count_table(overview["counts"], "hour", configured),
             day=count_table(overview["counts"], "day", configured),
             chart=throughput_chart(overview["per_minute"], now),
-            failed=[{**row, "phone": mask_phone(row["phone"])} for row in overview["failed"]],
+            failed=[
+                {
+                    **row,
+                    "phone": mask_phone(row["phone"]),
+                    "message_id": mask_message_id(row["message_id"]),
+                }
+                for row in overview["failed"]
+            ],
         )
     return context
 

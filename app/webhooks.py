@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -19,6 +20,7 @@ from schemas.events import dump_events
 from schemas.proofs import Callback
 from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body
 from workers.celery_app import QUARANTINE
+from workers.redact import mask_message_id
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
     )
     try:
         proven = record.auth.verify(secrets, callback)
+        if not proven and record.event_suffix and token is not None and event is None:
+            # /webhooks/evolution/messages-update: the event name Evolution added to a URL
+            # without a token, the token being in a header.
+            proven = record.auth.verify(secrets, dataclasses.replace(callback, token=None))
     except ValueError:  # a form body that is not UTF-8 cannot have been signed by Twilio
         proven = False
     if not proven:
@@ -95,12 +101,12 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
         provider,
         len(parsed.events),
         request_id,
-        ",".join(e.message_id for e in parsed.events[:10]),
+        ",".join(mask_message_id(e.message_id) for e in parsed.events[:10]),
         extra={
             **fields,
             "outcome": "accepted",
             "events": len(parsed.events),
-            "message_ids": [e.message_id for e in parsed.events[:10]],
+            "message_ids": [mask_message_id(e.message_id) for e in parsed.events[:10]],
         },
     )
     return jsonify(accepted=len(parsed.events))
@@ -142,9 +148,9 @@ def read_body(record: ProviderRecord) -> tuple[Any, bytes]:
 
 
 def called_url() -> str:
-    """The URL the provider called: PUBLIC_URL (behind a proxy) or this request's host, and
+    """The URL the provider called: PUBLIC_URL (required with a provider that signs it), and
     the path and query exactly as they came (a signature over the URL covers their bytes)."""
-    base = (current_app.config["PUBLIC_URL"] or request.host_url).rstrip("/")
+    base = current_app.config["PUBLIC_URL"].rstrip("/")
     raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     if not raw_uri:
         raw_uri = request.full_path.removesuffix("?")

@@ -4,17 +4,10 @@
 ALTER TABLE messages
     ADD COLUMN chat_kind text CHECK (chat_kind IN ('user', 'lid', 'group', 'broadcast'));
 
--- Those fake numbers, named once here. Only rows whose chat id shows it (an index-less scan of
--- messages, once); other rows keep chat_kind NULL and the API classifies their chat id on read.
-UPDATE messages SET
-    phone = NULL,
-    chat_kind = CASE
-        WHEN chat_id LIKE '%@lid' THEN 'lid'
-        WHEN chat_id LIKE '%@broadcast' THEN 'broadcast'
-        ELSE 'group'
-    END
-WHERE chat_id LIKE '%@lid' OR chat_id LIKE '%@broadcast' OR chat_id LIKE '%@g.us'
-   OR chat_id LIKE '%-group' OR chat_id ~ '^[0-9]{8,}-[0-9]{9,}$' OR is_group;
+-- Rows stored before this have no chat_kind, and a number taken from their @lid, group or
+-- broadcast id in phone: the read API classifies their chat id when it reads them and shows
+-- no phone for those (workers/store.py). No backfill here: an UPDATE of every message would
+-- hold the table's lock, and the workers, for the whole scan.
 
 -- Per-participant receipts in group chats: one row per (message, participant, status), the
 -- first seen kept (a repeat inserts nothing). The message's own history (status_events) still

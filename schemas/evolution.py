@@ -102,7 +102,7 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     data = body.get("data") if isinstance(body, dict) else None
     raw_status = data.get("status") if isinstance(data, dict) else None
     if isinstance(data, dict) and (raw_status is None or raw_status == NOT_DELIVERY):
-        return Parsed(events=[], ignored=f"{body['event']} {raw_status or 'without status'}")
+        return Parsed(events=[], ignored=f"{body.get('event')} {raw_status or 'without status'}")
     loaded = SCHEMA.load(body)
     update = loaded["data"]
     message_id = update["keyId"] or update["id"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-NON_DIGITS = re.compile(r"\D")
+NON_DIGITS = re.compile(r"[^0-9]")
 
 
 class EpochTimestamp(fields.Field):
@@ -73,11 +73,13 @@ def refuse_nul(text: str) -> str:
 # `status@broadcast` (status posts) or `<id>@broadcast` (broadcast lists).
 USER, LID, GROUP, BROADCAST = "user", "lid", "group", "broadcast"
 CHAT_KINDS = (USER, LID, GROUP, BROADCAST)
-# A phone as digits, or written for people ("+55 (44) 99999-9999").
-PHONE = re.compile(r"\+?\d[\d\s().-]{4,30}")
+# A phone as ASCII digits, or written for people ("+55 (44) 99999-9999"), with at least
+# MIN_PHONE_DIGITS digits (the shortest international numbers).
+PHONE = re.compile(r"\+?[0-9][0-9 ().-]{4,30}", re.ASCII)
+MIN_PHONE_DIGITS = 7
 USER_SUFFIXES = ("@c.us", "@s.whatsapp.net")
 # <creator's phone>-<creation epoch>: long on both sides, unlike a written phone's dash.
-OLD_GROUP_ID = re.compile(r"\d{8,}-\d{9,}")
+OLD_GROUP_ID = re.compile(r"[0-9]{8,}-[0-9]{9,}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,11 @@ def chat_identity(value: str | None, *, is_group: bool | None = None) -> Chat:
     ):
         return Chat(text, GROUP)
     number = local.partition(":")[0]  # <phone>:<device>@s.whatsapp.net
-    if (not at or f"@{domain}" in USER_SUFFIXES) and PHONE.fullmatch(number):
-        return Chat(text, USER, digits_only(number))
+    digits = digits_only(number) or ""
+    if (
+        (not at or f"@{domain}" in USER_SUFFIXES)
+        and PHONE.fullmatch(number)
+        and len(digits) >= MIN_PHONE_DIGITS
+    ):
+        return Chat(text, USER, digits)
     return Chat(text, None)

@@ -73,11 +73,14 @@ SCHEMA = WahaWebhookSchema()
 
 def split_id(serialized: str) -> tuple[str, str | None]:
     """Return (message id without the participant part, the chat) of a serialized id:
-    ``true_<chat>_<id>`` or ``true_<chat>_<id>_<participant>``."""
+    ``true_<chat>_<id>``, in a group or broadcast ``true_<chat>_<id>_<participant>``."""
     parts = serialized.split("_")
-    if len(parts) >= 3 and parts[0] in ("true", "false"):
-        return "_".join(parts[:3]), parts[1]
-    return serialized, None
+    if len(parts) < 3 or parts[0] not in ("true", "false"):
+        return serialized, None
+    chat = parts[1]
+    if len(parts) > 3 and chat.endswith(("@g.us", "@broadcast")):
+        return "_".join(parts[:3]), chat
+    return serialized, chat
 
 
 def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:

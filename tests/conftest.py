@@ -228,6 +228,7 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
         "BROKER_URL": redis_url,
         "API_TOKEN": API_TOKEN,
         "PROVIDER_SECRETS": provider_secrets(WEBHOOK_TOKENS),
+        "PUBLIC_URL": TEST_CLIENT_BASE,
         **overrides,
     }
     return create_app(config)

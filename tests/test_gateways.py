@@ -438,7 +438,7 @@ def test_pending_is_history_and_never_a_status(db):
     pending = one("twilio", load_fixture("twilio", "queued"))
     sent = one("twilio", load_fixture("twilio", "sent"))
     later = one("twilio", load_fixture("twilio", "queued"))
-    assert store.apply_events(db, [pending]) == {Outcome.REFUSED: 1}
+    assert store.apply_events(db, [pending]) == {Outcome.PENDING: 1}
     assert store.apply_events(db, [sent]) == {Outcome.APPLIED: 1}
     assert store.apply_events(db, [later]) == {Outcome.DUPLICATE: 1}
     db.commit()
@@ -467,3 +467,56 @@ def test_secrets_of_every_gateway_come_from_their_settings():
         "WAHA_HMAC_KEYS",
         "TWILIO_AUTH_TOKENS",
     }
+
+
+# --- found in review: each of these failed before its fix ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"data": {"keyId": "x"}}, {"data": {"keyId": "x", "status": "DELETED"}}, {"data": []}],
+)
+def test_evolution_body_without_an_event_is_never_a_500(client, broker, body):
+    response = signed_post(client, "evolution", body)
+    assert response.status_code in (200, 422)
+
+
+def test_evolution_token_in_a_header_with_webhook_by_events(client, broker):
+    """byEvents adds /messages-update to /webhooks/evolution: that is no token."""
+    response = client.post(
+        "/webhooks/evolution/messages-update",
+        json=load_fixture("evolution", "v2_read"),
+        headers={"apikey": "evolution-token"},
+    )
+    assert response.json == {"accepted": 1}
+    wrong = client.post(
+        "/webhooks/evolution/messages-update",
+        json=load_fixture("evolution", "v2_read"),
+        headers={"apikey": "wrong"},
+    )
+    assert wrong.status_code == 401
+
+
+def test_waha_one_to_one_id_is_kept_whole():
+    body = load_fixture("waha", "ack_read")
+    body["payload"]["id"] = "true_5544999999999@c.us_ABC_DEF"
+    assert one("waha", body).message_id == "true_5544999999999@c.us_ABC_DEF"
+
+
+def test_twilio_without_public_url_refuses_to_start(database_url, redis_url):
+    with pytest.raises(RuntimeError, match="PUBLIC_URL"):
+        make_app(
+            database_url,
+            redis_url,
+            PUBLIC_URL="",
+            PROVIDER_SECRETS={"TWILIO_AUTH_TOKENS": ("t",)},
+        )
+
+
+def test_phones_inside_message_ids_stay_out_of_the_logs(client, broker, caplog):
+    caplog.set_level("DEBUG")
+    signed_post(client, "waha", load_fixture("waha", "ack_read"))
+    signed_post(client, "meta", load_fixture("meta", "sent"))
+    assert "accepted provider=waha" in caplog.text
+    assert "5544999999999" not in caplog.text
+    assert "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA" not in caplog.text

@@ -83,6 +83,11 @@ def test_configuration_reads_each_records_settings():
         ("status@broadcast", "broadcast", None),
         ("1234567890@broadcast", "broadcast", None),
         ("someone@example", None, None),
+        ("1((((((", None, None),
+        ("1-2-3-4-5", None, None),
+        ("1\t2\t3\t4\t5\t6\t7", None, None),
+        ("\uff15\uff15\uff14\uff14\uff19\uff19\uff19\uff19\uff19", None, None),  # fullwidth
+        ("+682 1234", "user", "6821234"),  # the shortest numbers: 7 digits
     ],
 )
 def test_a_phone_is_kept_only_when_the_chat_id_is_one(value, kind, phone):
@@ -236,6 +241,30 @@ def test_one_participants_read_reaching_the_message_first_counts_as_received_too
     db.commit()
     receipts = store.fetch_message(db, "zapi", "G3")["receipts"]
     assert receipts["counts"] == {"sent": 2, "received": 2, "read": 1, "played": 0, "failed": 0}
+
+
+def test_one_members_failure_does_not_fail_the_group_message(db):
+    outcomes = store.apply_events(db, [event("G4", "sent"), event("G4", "failed", "A")])
+    outcomes += store.apply_events(db, [event("G4", "read", "B", 1)])
+    db.commit()
+    assert outcomes == {Outcome.APPLIED: 2, Outcome.RECEIPT: 1}
+    message = store.fetch_message(db, "zapi", "G4")
+    assert message["status"] == "read"
+    assert [e["status"] for e in message["events"]] == ["sent", "read"]
+    by_person = {p["participant"]: p["status"] for p in message["receipts"]["participants"]}
+    assert by_person == {"A": "failed", "B": "read"}
+
+
+def test_a_participants_furthest_status_does_not_depend_on_arrival_order(db):
+    store.apply_events(db, [event("G5", "failed", "A"), event("G5", "read", "A", 1)])
+    store.apply_events(db, [event("G5", "read", "B"), event("G5", "failed", "B", 1)])
+    db.commit()
+    receipts = store.fetch_message(db, "zapi", "G5")["receipts"]
+    assert {p["participant"]: p["status"] for p in receipts["participants"]} == {
+        "A": "read",
+        "B": "read",
+    }
+    assert receipts["counts"] == {"sent": 2, "received": 2, "read": 2, "played": 0, "failed": 0}
 
 
 def test_a_one_to_one_message_has_no_receipts(db):
@@ -509,6 +538,19 @@ def test_a_provider_without_a_handshake_answers_get_405(client):
     response = client.get("/webhooks/zapi")
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
+
+
+def test_phones_older_versions_took_from_lid_and_group_ids_are_not_shown(db):
+    db.execute(
+        "INSERT INTO messages (provider, message_id, phone, chat_id, is_group)"
+        " VALUES ('zapi', 'OLD-LID', '201558331812345', '201558331812345@lid', false),"
+        " ('zapi', 'OLD-USER', '5544999999999', '5544999999999', false)"
+    )
+    db.commit()
+    lid = store.fetch_message(db, "zapi", "OLD-LID")
+    assert (lid["chat_kind"], lid["phone"]) == ("lid", None)
+    user = store.fetch_message(db, "zapi", "OLD-USER")
+    assert (user["chat_kind"], user["phone"]) == ("user", "5544999999999")
 
 
 def test_meta_events_land_in_the_store(db):

@@ -36,7 +36,7 @@ class WorkerMetrics:
             "ticks_events_applied",
             "Events the workers processed, by outcome: applied, duplicate (seen before), "
             "refused (the rules kept the status), receipt (a group participant's receipt of a "
-            "status the message already had)",
+            "status the message already had), pending (not sent yet: history only)",
             ["outcome"],
         )
         self.refused = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 
@@ -15,6 +16,21 @@ def mask_phone(phone: str | None) -> str:
     if len(phone) <= KEEP_DIGITS:
         return "*" * len(phone)
     return "*" * (len(phone) - KEEP_DIGITS) + phone[-KEEP_DIGITS:]
+
+
+# A chat id's number inside a message id (WAHA's: true_<phone>@c.us_<id>).
+PHONE_LIKE = re.compile(r"[0-9]{5,}(?=@)")
+# Meta's wamid is base64 of bytes that hold the recipient's number.
+META_ID_PREFIX = "wamid."
+
+
+def mask_message_id(message_id: str) -> str:
+    """A message id as logs may show it: a Meta wamid as a fingerprint of itself, any other
+    id with the number of a chat id in it masked but for its last four digits."""
+    if message_id.startswith(META_ID_PREFIX):
+        digest = hashlib.sha256(message_id.encode()).hexdigest()[:16]
+        return f"{META_ID_PREFIX}#{digest}"
+    return PHONE_LIKE.sub(lambda m: mask_phone(m.group()), message_id)
 
 
 # /webhooks/<provider>/<token>: the token is a secret wherever the path is written.

@@ -4,6 +4,8 @@ The SQL function ``ticks_next_status`` (migrations/) mirrors ``next_status``; a 
 proves they agree on every pair.
 """
 
+from collections.abc import Collection
+
 SENT = "sent"
 RECEIVED = "received"
 READ = "read"
@@ -50,6 +52,16 @@ def next_status(current: str | None, incoming: str) -> str | None:
     if current is None or rank(incoming) > rank(current):
         return incoming
     return current
+
+
+def furthest(statuses: Collection[str]) -> str | None:
+    """Where one recipient got, whatever order their receipts came in: the furthest progress
+    status, or failed when nothing past sent was reported (a group member's receipts)."""
+    reached = [status for status in statuses if status in PROGRESS]
+    best = max(reached, key=rank) if reached else None
+    if FAILED in statuses and best in (None, SENT):
+        return FAILED
+    return best
 
 
 def is_applied(current: str | None, incoming: str) -> bool:

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 
 from schemas.events import StatusEvent
 from schemas.fields import chat_identity
-from workers.statuses import PROGRESS, STATUSES, next_status, rank
+from workers.statuses import PENDING, PROGRESS, STATUSES, furthest, rank
 
 LOCK_MESSAGE = """
 INSERT INTO messages AS m (provider, message_id, phone, chat_id, chat_kind, is_group,
@@ -53,6 +53,8 @@ WITH old AS (
            %(status)s = 'read_by_me'
                OR ticks_next_status(old.status, %(status)s) IS DISTINCT FROM old.status
     FROM old
+    -- One group member's failure is not the message's: it is kept in receipts only.
+    WHERE NOT (%(participant)s::text IS NOT NULL AND %(status)s = 'failed')
     ON CONFLICT ON CONSTRAINT status_events_once DO NOTHING
     RETURNING applied
 ), moved AS (
@@ -199,6 +201,7 @@ class Outcome(enum.Enum):
 
     APPLIED = "applied"
     REFUSED = "refused"  # recorded in history, but the rules kept the message where it was
+    PENDING = "pending"  # not sent yet: recorded in history, never a status
     # A group participant's receipt of a status the message had already been reported at.
     RECEIPT = "receipt"
     DUPLICATE = "duplicate"  # seen before: nothing written
@@ -250,6 +253,8 @@ def apply_events(
                 outcomes[Outcome.RECEIPT if new_receipt else Outcome.DUPLICATE] += 1
             elif applied:
                 outcomes[Outcome.APPLIED] += 1
+            elif event.status == PENDING:
+                outcomes[Outcome.PENDING] += 1
             else:
                 outcomes[Outcome.REFUSED] += 1
                 if refused is not None:
@@ -336,7 +341,10 @@ def fetch_message(
         message["events"] = cur.execute(SELECT_EVENTS, key).fetchall()
         receipts = cur.execute(SELECT_RECEIPTS, key).fetchall()
     if message["chat_kind"] is None and message["chat_id"]:  # stored before chat kinds
-        message["chat_kind"] = chat_identity(message["chat_id"]).chat_kind
+        chat = chat_identity(message["chat_id"], is_group=message["is_group"])
+        message["chat_kind"] = chat.chat_kind
+        if chat.chat_kind not in (None, "user"):
+            message["phone"] = None  # digits older versions took from a lid or group id
     message["receipts"] = summarise_receipts(receipts) if receipts else None
     return message
 
@@ -350,15 +358,13 @@ def summarise_receipts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     participants = []
     counts = dict.fromkeys(STATUSES, 0)
     for participant, statuses in seen.items():
-        furthest: str | None = None
-        for status in statuses:  # in the order they happened
-            furthest = next_status(furthest, status)
-        participants.append({"participant": participant, "status": furthest, "seen": statuses})
-        for status in STATUSES:
-            if status in statuses or (
-                furthest in PROGRESS and status in PROGRESS and rank(status) <= rank(furthest)
-            ):
+        reached = furthest(statuses)
+        participants.append({"participant": participant, "status": reached, "seen": statuses})
+        if reached in PROGRESS:
+            for status in PROGRESS[: rank(reached) + 1]:
                 counts[status] += 1
+        elif reached is not None:
+            counts[reached] += 1
     return {"participants": participants, "counts": counts}
 
 

@@ -15,7 +15,7 @@ from workers.db import get_pool
 from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
 from workers.health import Liveness
 from workers.metrics import metrics
-from workers.redact import mask_phone
+from workers.redact import mask_message_id, mask_phone
 from workers.store import Outcome
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
         outcomes = store.apply_events(conn, events, refused)
     counts = {outcome.value: count for outcome, count in outcomes.items()}
     count_applied(events, outcomes, refused, time.perf_counter() - started)
-    message_ids = sorted({e.message_id for e in events})
+    message_ids = sorted({mask_message_id(e.message_id) for e in events})
     request_ids = sorted({e.request_id for e in events if e.request_id})
     log.info(
         "applied task_id=%s events=%d %s message_ids=%s request_ids=%s",
@@ -78,7 +78,7 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
             log.debug(
                 "event provider=%s message_id=%s status=%s phone=%s request_id=%s",
                 event.provider,
-                event.message_id,
+                mask_message_id(event.message_id),
                 event.status,
                 mask_phone(event.phone),
                 event.request_id,
