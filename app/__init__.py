@@ -28,10 +28,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_metrics(app)
 
-    from app import health, messages, openapi, operations, status_page, webhooks
+    from app import changes, health, messages, openapi, operations, status_page, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(messages.bp)
+    app.register_blueprint(changes.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(openapi.bp)

@@ -197,6 +197,8 @@ def build_spec() -> dict[str, Any]:
         "Accepted",
         "Error",
         "Message",
+        "Change",
+        "ChangePage",
         "Health",
         "Ready",
         "Quarantined",
@@ -227,6 +229,40 @@ def build_spec() -> dict[str, Any]:
                     "200": answer("the message", "Message"),
                     "401": ERRORS["401"],
                     "404": answer("no such message"),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/changes",
+        operations={
+            "get": {
+                "summary": "What took effect, in commit order, after a cursor",
+                "security": BEARER,
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "the `next` of the page before; 0 or none: the start",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                        "description": "seconds to wait for a first change (long poll)",
+                    },
+                ],
+                "responses": {
+                    "200": answer("changes, and the cursor to read on from", "ChangePage"),
+                    "400": answer("a bad after, limit or wait, named in errors"),
+                    "401": ERRORS["401"],
+                    "503": answer("the database is unavailable"),
                 },
             }
         },

@@ -205,7 +205,9 @@ def bench_drain(
 
         conn.execute(SCHEMA)
         for kind, (app_module, queue, counter) in apps.items():
-            conn.execute("TRUNCATE receipts, status_events, messages, naive_events, naive_messages")
+            conn.execute(
+                "TRUNCATE changes, receipts, status_events, messages, naive_events, naive_messages"
+            )
             client.flushdb()
             if kind == "naive":
                 queue_naively(env)

@@ -65,7 +65,7 @@ def drain(kind: str, app: str, env: dict[str, str], url: str, sql: str | None, t
     argv = [sys.executable, "-m", "celery", "-A", app, "worker", *WORKER_OPTIONS]
     argv += ["--queues", QUEUE]
     with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
-        conn.execute("TRUNCATE receipts, status_events, messages")
+        conn.execute("TRUNCATE changes, receipts, status_events, messages")
     with (
         psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn,
         process(argv, env, tmp / f"rabbitmq-worker-{kind}.log") as worker,

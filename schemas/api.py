@@ -95,6 +95,39 @@ class MessageSchema(Schema):
     )
 
 
+class ChangeSchema(Schema):
+    """One change: what took effect, when it happened."""
+
+    cursor = fields.String(required=True, metadata={"description": "read on after this"})
+    provider = fields.String(required=True)
+    message_id = fields.String(required=True)
+    status = fields.String(
+        required=True,
+        metadata={"description": "the status reached (read_by_me: the account read it)"},
+    )
+    previous_status = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the message's (or, with participant, the member's) before"},
+    )
+    participant = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "a group member's receipt; null: the message itself"},
+    )
+    occurred_at = fields.DateTime(required=True)
+    failure_reason = fields.String(required=True, allow_none=True)
+    chat_id = fields.String(required=True, allow_none=True)
+    instance_id = fields.String(required=True, allow_none=True)
+
+
+class ChangePageSchema(Schema):
+    changes = fields.List(fields.Nested(ChangeSchema), required=True)
+    next = fields.String(
+        required=True, metadata={"description": "the cursor to ask with next (after=...)"}
+    )
+
+
 class HealthSchema(Schema):
     status = fields.String(required=True)
 

@@ -52,7 +52,7 @@ OTHER_SECRETS = {
 }
 VERIFY_TOKENS = {"meta": OTHER_SECRETS["META_VERIFY_TOKENS"]}
 API_TOKEN = "api-secret-for-tests"
-TABLES = "receipts, status_events, messages, quarantine, dead_letters"
+TABLES = "changes, receipts, status_events, messages, quarantine, dead_letters"
 # The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
 TEST_CLIENT_BASE = "http://localhost"
 

@@ -61,13 +61,15 @@ def authorize(case) -> None:
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
     else:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {API_TOKEN}"}
+    if case.path == "/changes" and isinstance((case.query or {}).get("wait"), (int, float)):
+        case.query["wait"] = min(case.query["wait"], 0.1)  # a long poll's answer, not its wait
 
 
 def test_every_answer_matches_the_document(app):
     # schemathesis' pytest plugin does not run under pytest 9: its hypothesis strategies do.
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 22
+    assert len(operations) == 23
     for operation in operations:
 
         @given(case=operation.as_strategy())

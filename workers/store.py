@@ -8,6 +8,9 @@ How a batch is applied, in one transaction:
 3. Per event, APPLY_EVENT inserts the history row (the unique constraint drops a repeat)
    and, only if it was inserted, moves the message with ticks_next_status(). A group
    participant's receipt is also kept in receipts, once per (participant, status).
+4. What took effect (the message moved, a failure believed, read_by_me recorded, a
+   participant's furthest status advanced) is written to changes, the feed, in the same
+   transaction.
 """
 
 from __future__ import annotations
@@ -86,11 +89,47 @@ WITH old AS (
       AND %(status)s IN ('sent', 'received', 'read', 'played', 'failed')
     ON CONFLICT DO NOTHING
     RETURNING 1
+), chat AS (
+    SELECT chat_id, instance_id FROM messages
+    WHERE provider = %(provider)s AND message_id = %(message_id)s
+), seen AS (  -- this participant's receipts before this one
+    SELECT coalesce(array_agg(status), '{}') AS statuses FROM receipts
+    WHERE %(participant)s::text IS NOT NULL
+      AND provider = %(provider)s AND message_id = %(message_id)s
+      AND participant = %(participant)s
+), change AS (  -- the message's change first, then the participant's
+    INSERT INTO changes (provider, message_id, status, previous_status, participant,
+                         occurred_at, failure_reason, chat_id, instance_id)
+    SELECT %(provider)s, %(message_id)s, %(status)s, previous, participant, %(occurred_at)s,
+           CASE WHEN %(status)s = 'failed' THEN %(failure_reason)s END,
+           chat.chat_id, chat.instance_id
+    FROM (
+        SELECT 1 AS position, old.status AS previous, NULL::text AS participant
+        FROM ev, old WHERE ev.applied
+        UNION ALL
+        SELECT 2, ticks_furthest(seen.statuses), %(participant)s
+        FROM receipt, seen
+        WHERE ticks_furthest(seen.statuses || %(status)s::text)
+              IS DISTINCT FROM ticks_furthest(seen.statuses)
+    ) AS effect, chat
+    ORDER BY position
 )
 SELECT (SELECT applied FROM ev), old.status, EXISTS (SELECT FROM receipt) FROM old
 """
 
 NEXT_STATUS = "SELECT ticks_next_status(%s, %s)"
+
+# The feed, in commit order: only rows of transactions older than every one still running
+# (their txid below the snapshot's xmin), so none can still appear behind a cursor.
+SELECT_CHANGES = """
+SELECT id, txid::text AS txid, provider, message_id, status, previous_status, participant,
+       occurred_at, failure_reason, chat_id, instance_id
+FROM changes
+WHERE (txid, id) > (%(txid)s::xid8, %(id)s)
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, id
+LIMIT %(limit)s
+"""
 
 INSERT_QUARANTINE = """
 INSERT INTO quarantine (request_id, provider, reason, errors, raw_body, content_type, received_at)
@@ -276,6 +315,15 @@ def event_params(event: StatusEvent) -> dict[str, Any]:
         "request_id": event.request_id,
         "participant": event.participant,
     }
+
+
+def fetch_changes(
+    conn: psycopg.Connection, after: tuple[int, int], limit: int
+) -> list[dict[str, Any]]:
+    """Changes after the (txid, id) cursor, oldest commit first."""
+    params = {"txid": str(after[0]), "id": after[1], "limit": limit}
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SELECT_CHANGES, params).fetchall()
 
 
 def sql_next_status(conn: psycopg.Connection, current: str | None, incoming: str) -> str | None:
