@@ -39,4 +39,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(status_page.bp)
     app.cli.add_command(operations.quarantine_cli)
     app.cli.add_command(operations.deadletters_cli)
+    app.cli.add_command(operations.export)
     return app

@@ -13,6 +13,7 @@ from schemas import api
 from schemas.fields import EpochTimestamp, Identifier, Text
 from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each
 from schemas.registry import REGISTRY, ProviderRecord
+from workers.statuses import STATUSES
 
 bp = Blueprint("openapi", __name__)
 SPEC = "ticks.openapi"
@@ -199,6 +200,8 @@ def build_spec() -> dict[str, Any]:
         "Message",
         "Change",
         "ChangePage",
+        "MessageSummary",
+        "MessagePage",
         "Health",
         "Ready",
         "Quarantined",
@@ -229,6 +232,54 @@ def build_spec() -> dict[str, Any]:
                     "200": answer("the message", "Message"),
                     "401": ERRORS["401"],
                     "404": answer("no such message"),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/messages",
+        operations={
+            "get": {
+                "summary": "Messages matching filters, oldest first, a page at a time",
+                "security": BEARER,
+                "parameters": [
+                    {"name": "provider", "in": "query", "schema": PROVIDER["schema"]},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": list(STATUSES)},
+                    },
+                    {"name": "instance_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "phone", "in": "query", "schema": {"type": "string"}},
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "schema": {"type": "string", "format": "date-time"},
+                            "description": description,
+                        }
+                        for name, description in (
+                            ("since", "created at or after (ISO 8601 with an offset)"),
+                            ("until", "created before (ISO 8601 with an offset)"),
+                        )
+                    ),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "the next of the page before",
+                    },
+                ],
+                "responses": {
+                    "200": answer("a page of messages", "MessagePage"),
+                    "400": answer("a bad filter, limit or cursor, named in errors"),
+                    "401": ERRORS["401"],
+                    "503": answer("the database is unavailable"),
                 },
             }
         },

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import RAISE, Schema, fields, validate
+
+from schemas.registry import PROVIDERS
+from workers.statuses import STATUSES
 
 
 class AcceptedSchema(Schema):
@@ -63,8 +66,8 @@ class ReceiptsSchema(Schema):
     )
 
 
-class MessageSchema(Schema):
-    """A message's one truth: the furthest status, when each was first seen, its history."""
+class MessageStateSchema(Schema):
+    """Where a message stands: the furthest status and when each was first seen."""
 
     provider = fields.String(required=True)
     message_id = fields.String(required=True)
@@ -86,6 +89,11 @@ class MessageSchema(Schema):
     read_by_me_at = fields.DateTime(required=True, allow_none=True)
     failure_reason = fields.String(required=True, allow_none=True)
     updated_at = fields.DateTime(required=True)
+
+
+class MessageSchema(MessageStateSchema):
+    """A message's one truth: the furthest status, when each was first seen, its history."""
+
     events = fields.List(fields.Nested(EventSchema), required=True)
     receipts = fields.Nested(
         ReceiptsSchema,
@@ -125,6 +133,35 @@ class ChangePageSchema(Schema):
     changes = fields.List(fields.Nested(ChangeSchema), required=True)
     next = fields.String(
         required=True, metadata={"description": "the cursor to ask with next (after=...)"}
+    )
+
+
+class MessageListQuerySchema(Schema):
+    """GET /messages' query: filters, a page size and the cursor of the page before."""
+
+    class Meta:
+        unknown = RAISE
+
+    provider = fields.String(validate=validate.OneOf(PROVIDERS))
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    instance_id = fields.String(validate=validate.Length(1, 256))
+    phone = fields.String(validate=validate.Length(1, 64))
+    since = fields.AwareDateTime(format="iso", metadata={"description": "created at or after"})
+    until = fields.AwareDateTime(format="iso", metadata={"description": "created before"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    cursor = fields.String(validate=validate.Length(1, 2048))
+
+
+class MessageSummarySchema(MessageStateSchema):
+    """A message in a list: where it stands, without its history."""
+
+    created_at = fields.DateTime(required=True)
+
+
+class MessagePageSchema(Schema):
+    messages = fields.List(fields.Nested(MessageSummarySchema), required=True)
+    next = fields.String(
+        required=True, allow_none=True, metadata={"description": "cursor of the next page"}
     )
 
 

@@ -19,9 +19,11 @@ import enum
 import itertools
 import json
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from schemas.events import StatusEvent
@@ -315,6 +317,67 @@ def event_params(event: StatusEvent) -> dict[str, Any]:
         "request_id": event.request_id,
         "participant": event.participant,
     }
+
+
+MESSAGE_COLUMNS = (
+    "provider, message_id, status, phone, chat_id, chat_kind, is_group, instance_id, sent_at, "
+    "received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, created_at, "
+    "updated_at"
+)
+# Filters of GET /messages: column -> SQL comparison.
+EQUAL_FILTERS = ("provider", "status", "instance_id", "phone")
+
+
+def list_messages(
+    conn: psycopg.Connection,
+    filters: dict[str, Any],
+    after: tuple[datetime, str, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Messages matching ``filters`` (provider, status, instance_id, phone: equal; since,
+    until: created_at range), oldest first by (created_at, provider, message_id), after the
+    keyset ``after``."""
+    query, params = message_list_query(filters, after, limit)
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+def message_list_query(
+    filters: dict[str, Any], after: tuple[datetime, str, str] | None, limit: int
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The SQL of list_messages and its parameters: it names only the filters given, so each
+    is served by its index."""
+    where: list[sql.Composable] = []
+    params: dict[str, Any] = {"limit": limit}
+    for column in EQUAL_FILTERS:
+        if filters.get(column) is not None:
+            where.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
+            params[column] = filters[column]
+    if filters.get("since") is not None:
+        where.append(sql.SQL("created_at >= %(since)s"))
+        params["since"] = filters["since"]
+    if filters.get("until") is not None:
+        where.append(sql.SQL("created_at < %(until)s"))
+        params["until"] = filters["until"]
+    if after is not None:
+        params.update(after_created=after[0], after_provider=after[1], after_id=after[2])
+        if filters.get("provider") is not None:  # (provider, created_at, message_id) order
+            where.append(sql.SQL("(created_at, message_id) > (%(after_created)s, %(after_id)s)"))
+        else:
+            where.append(
+                sql.SQL(
+                    "(created_at, provider, message_id)"
+                    " > (%(after_created)s, %(after_provider)s, %(after_id)s)"
+                )
+            )
+    query = sql.SQL(
+        "SELECT {columns} FROM messages {where} "
+        "ORDER BY created_at, provider, message_id LIMIT %(limit)s"
+    ).format(
+        columns=sql.SQL(MESSAGE_COLUMNS),
+        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+    )
+    return query, params
 
 
 def fetch_changes(
