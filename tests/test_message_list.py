@@ -140,14 +140,15 @@ def test_the_list_needs_the_api_token(client):
         ({}, "messages_created"),
         ({"since": T0}, "messages_created"),
         ({"status": "failed", "since": T0}, "messages_created"),
-        ({"provider": "zapi"}, "messages_provider_created"),
-        ({"instance_id": "inst-a"}, "messages_instance_created"),
-        ({"phone": "5544999999999"}, "messages_phone_created"),
+        ({"provider": "zapi"}, "messages_created"),
+        ({"instance_id": "inst-a", "since": T0}, "messages_created"),
+        ({"phone": "5544999999999", "until": T0}, "messages_created"),
     ],
 )
-def test_each_filter_is_served_by_its_index(db, filters, index):
+def test_every_list_is_read_in_order_along_its_index(db, filters, index):
     """Read from the plan, in order and without a sort (other plans off: on a table this
-    small the planner would rather read it all and sort)."""
+    small the planner would rather read it all and sort). One index in the list's order
+    serves every filter: more cost the workers half their drain rate (docs/benchmarks.md)."""
     seed(db)
     for method in ("seqscan", "bitmapscan", "sort"):
         db.execute(f"SET enable_{method} = off")

@@ -345,8 +345,8 @@ def list_messages(
 def message_list_query(
     filters: dict[str, Any], after: tuple[datetime, str, str] | None, limit: int
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """The SQL of list_messages and its parameters: it names only the filters given, so each
-    is served by its index."""
+    """The SQL of list_messages and its parameters: only the filters given, applied along
+    messages_created (the list's order)."""
     where: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": limit}
     for column in EQUAL_FILTERS:
@@ -361,15 +361,12 @@ def message_list_query(
         params["until"] = filters["until"]
     if after is not None:
         params.update(after_created=after[0], after_provider=after[1], after_id=after[2])
-        if filters.get("provider") is not None:  # (provider, created_at, message_id) order
-            where.append(sql.SQL("(created_at, message_id) > (%(after_created)s, %(after_id)s)"))
-        else:
-            where.append(
-                sql.SQL(
-                    "(created_at, provider, message_id)"
-                    " > (%(after_created)s, %(after_provider)s, %(after_id)s)"
-                )
+        where.append(
+            sql.SQL(
+                "(created_at, provider, message_id)"
+                " > (%(after_created)s, %(after_provider)s, %(after_id)s)"
             )
+        )
     query = sql.SQL(
         "SELECT {columns} FROM messages {where} "
         "ORDER BY created_at, provider, message_id LIMIT %(limit)s"
