@@ -116,7 +116,7 @@ REGISTRY: dict[str, ProviderRecord] = {
             auth=TokenAuth("PLUG_WEBHOOK_TOKENS"),
             invalid_status=422,
             schemas=ZAPI_SCHEMAS,
-            docs="https://docs.plugchat.com.br/",
+            docs="https://www.plugchat.com.br/",  # the site; its API docs need a login
         ),
         ProviderRecord(
             name="meta",
