@@ -116,7 +116,7 @@ REGISTRY: dict[str, ProviderRecord] = {
             auth=TokenAuth("PLUG_WEBHOOK_TOKENS"),
             invalid_status=422,
             schemas=ZAPI_SCHEMAS,
-            docs="https://www.plugchat.com.br/",  # the site; its API docs need a login
+            docs="https://www.plugchat.com.br/",
         ),
         ProviderRecord(
             name="meta",
