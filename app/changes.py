@@ -7,12 +7,10 @@ import threading
 import time
 from typing import Any
 
-import psycopg
 from flask import Blueprint, Response, current_app, jsonify, request
-from psycopg_pool import PoolTimeout
 
 from app.auth import require_api_token
-from app.database import pool
+from app.database import reading
 from app.errors import ApiError
 from app.messages import to_json
 from workers import store
@@ -68,11 +66,8 @@ def waiters() -> threading.BoundedSemaphore:
 
 
 def read(after: tuple[int, int], limit: int) -> list[dict[str, Any]]:
-    try:
-        with pool().connection(timeout=5) as conn:
-            return store.fetch_changes(conn, after, limit)
-    except (psycopg.OperationalError, PoolTimeout):
-        raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None
+    with reading() as conn:
+        return store.fetch_changes(conn, after, limit)
 
 
 @bp.get("/changes")

@@ -7,13 +7,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
-from psycopg_pool import PoolTimeout
 
 from app.auth import require_api_token
-from app.database import pool
+from app.database import reading
 from app.errors import ApiError
 from schemas.api import MessageListQuerySchema
 from schemas.events import MAX_ID_LENGTH
@@ -85,11 +83,8 @@ def index() -> Response:
     require_api_token()
     query = list_query(request.args)
     after = decode_cursor(query["cursor"]) if "cursor" in query else None
-    try:
-        with pool().connection(timeout=5) as conn:
-            rows = store.list_messages(conn, query, after, query["limit"])
-    except (psycopg.OperationalError, PoolTimeout):
-        raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None
+    with reading() as conn:
+        rows = store.list_messages(conn, query, after, query["limit"])
     following = encode_cursor(rows[-1]) if len(rows) == query["limit"] else None
     return jsonify(messages=to_json(rows), next=following)
 
@@ -100,11 +95,8 @@ def show(provider: str, message_id: str) -> Response:
     require_api_token()
     if not storable_id(message_id):
         raise ApiError(404, "message not found")
-    try:
-        with pool().connection(timeout=5) as conn:
-            message = store.fetch_message(conn, provider, message_id)
-    except (psycopg.OperationalError, PoolTimeout):
-        raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None
+    with reading() as conn:
+        message = store.fetch_message(conn, provider, message_id)
     if message is None:
         raise ApiError(404, "message not found")
     return jsonify(to_json(message))
