@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from schemas.events import StatusEvent
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, free_port, make_app
 from workers import store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -179,3 +179,12 @@ def test_export_refuses_a_bad_filter_naming_it(app, db):
     result = app.test_cli_runner().invoke(args=["export", "--status", "delivered"])
     assert result.exit_code != 0
     assert "status" in result.output
+
+
+@pytest.mark.parametrize("path", ["/messages", "/messages/zapi/M1", "/changes"])
+def test_the_read_api_without_its_database_is_a_503_to_retry(redis_url, path):
+    client = make_app(f"postgresql://127.0.0.1:{free_port()}/nowhere", redis_url).test_client()
+    response = client.get(path, headers=AUTH)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json == {"error": "database unavailable"}
