@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from schemas.registry import PROVIDERS
 from workers.statuses import STATUSES
@@ -150,6 +150,22 @@ class MessageListQuerySchema(Schema):
     until = fields.AwareDateTime(format="iso", metadata={"description": "created before"})
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
     cursor = fields.String(validate=validate.Length(1, 2048))
+
+
+class ChangeQuerySchema(Schema):
+    """GET /changes' query: the cursor to read after, a page size, a long poll's wait."""
+
+    class Meta:
+        unknown = EXCLUDE  # other parameters are ignored
+
+    after = fields.String(
+        load_default="0",
+        validate=validate.Regexp(
+            r"(0|[0-9]{1,20}-[0-9]{1,19})\Z", error="not a cursor this API gave"
+        ),
+    )
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    wait = fields.Float(load_default=0.0, allow_nan=False, validate=validate.Range(0, 30))
 
 
 class MessageSummarySchema(MessageStateSchema):
