@@ -16,6 +16,7 @@ from app.auth import token_matches
 from app.errors import ApiError
 from app.metrics import note_outcome
 from app.queue import QueueUnavailable, enqueue, enqueue_events
+from schemas import providers
 from schemas.events import dump_events
 from schemas.proofs import Callback
 from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body
@@ -25,7 +26,7 @@ from workers.redact import mask_message_id
 log = logging.getLogger(__name__)
 
 bp = Blueprint("webhooks", __name__)
-PARSERS = {name: record.parse for name, record in REGISTRY.items()}
+PARSERS = providers()
 # hub.challenge is echoed as given; Meta's are short numbers.
 MAX_CHALLENGE = 256
 
@@ -58,7 +59,7 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
         token,
         request.headers,
         body=lambda: request.get_data(cache=True),
-        url=called_url(),
+        url=called_url,
         form=lambda: form_fields(request.get_data(cache=True)),
     )
     try:

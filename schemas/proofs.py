@@ -30,7 +30,7 @@ class Callback:
     token: str | None  # the URL's last segment, if the URL had one
     headers: Headers
     body: Callable[[], bytes]  # the exact bytes received
-    url: str = ""  # the URL the provider called (PUBLIC_URL behind a proxy)
+    url: Callable[[], str] = str  # the URL the provider called (PUBLIC_URL behind a proxy)
     form: Callable[[], Sequence[tuple[str, str]]] = tuple  # a form body's fields, in order
 
 
@@ -205,7 +205,7 @@ class UrlSignatureAuth(HeaderSignature):
         expected = [
             url_signature(secret, url, fields).encode()
             for secret in secrets.get(self.setting, ())
-            for url in with_and_without_port(callback.url)
+            for url in with_and_without_port(callback.url())
         ]
         return any_matches(given.encode(), expected)
 
