@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import psycopg
 import pytest
 
 from schemas import providers
@@ -100,3 +101,26 @@ def test_green_api_failure_shows_reason(client, db):
     assert body["failure_reason"].startswith("failed: Parameter value is not valid")
     assert body["failed_at"] == "2020-04-12T14:13:22+00:00"
     assert body["chat_id"] == "11001234567890@c.us"
+
+
+def test_status_and_history_are_read_in_one_snapshot(client, db, database_url, monkeypatch):
+    """A transaction committing between the read of the message and of its events must not
+    show a status behind its own history (seen in CI: status "sent" beside a READ event)."""
+    apply_fixture(db, "zapi", "seed_sent")
+    execute = psycopg.Cursor.execute
+
+    def interleaved(cursor, query, *args, **kwargs):
+        result = execute(cursor, query, *args, **kwargs)
+        if query is store.SELECT_MESSAGE:
+            with psycopg.connect(database_url, autocommit=True) as other:
+                apply_fixture(other, "zapi", "seed_read")
+        return result
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", interleaved)
+    body = client.get("/messages/zapi/999999999999999999999", headers=AUTH).json
+    monkeypatch.undo()
+    assert [e["status"] for e in body["events"]] == ["sent"]
+    assert body["status"] == "sent"
+    after = client.get("/messages/zapi/999999999999999999999", headers=AUTH).json
+    assert after["status"] == "read"
+    assert sorted(e["status"] for e in after["events"]) == ["read", "sent"]

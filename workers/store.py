@@ -440,9 +440,17 @@ def mark_replayed(conn: psycopg.Connection, letter_id: int) -> None:
 def fetch_message(
     conn: psycopg.Connection, provider: str, message_id: str
 ) -> dict[str, Any] | None:
-    """Return a message with its event history, or None if it was never seen."""
+    """Return a message with its event history, or None if it was never seen.
+
+    The message, its events and its receipts are read in one snapshot (a repeatable-read
+    transaction when the caller has none open), so a status is never shown beside a history
+    that a transaction committing between two of the reads had already moved on.
+    """
     key = {"provider": provider, "message_id": message_id}
-    with conn.cursor(row_factory=dict_row) as cur:
+    fresh = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        if fresh:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         message = cur.execute(SELECT_MESSAGE, key).fetchone()
         if message is None:
             return None
