@@ -53,7 +53,7 @@ TOKEN_VARS = tuple(
     )
 )
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-PROCESSES = ("web", "worker", "flower")
+PROCESSES = ("web", "worker", "flower", "deliveries")
 # A process that exits on its own is started again after RESTART_DELAYS[0] seconds, twice
 # as long each time it fails again, up to RESTART_DELAYS[1]; the delay is reset once it has
 # run for STABLE_SECONDS.

@@ -28,7 +28,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_metrics(app)
 
-    from app import changes, health, messages, openapi, operations, status_page, webhooks
+    from app import (
+        changes,
+        health,
+        messages,
+        openapi,
+        operations,
+        status_page,
+        subscriptions,
+        webhooks,
+    )
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(messages.bp)
@@ -40,4 +49,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(operations.quarantine_cli)
     app.cli.add_command(operations.deadletters_cli)
     app.cli.add_command(operations.export)
+    app.cli.add_command(subscriptions.subscriptions_cli)
     return app

@@ -12,7 +12,6 @@ from marshmallow import ValidationError
 from app.auth import require_api_token
 from app.database import reading
 from app.errors import ApiError
-from app.messages import to_json
 from schemas.api import ChangeQuerySchema
 from workers import store
 
@@ -40,11 +39,6 @@ def changes_query(args: Any) -> tuple[str, tuple[int, int], int, float]:
     if after[0] >= 2**64 or after[1] >= 2**63:
         raise ApiError(400, "invalid query", errors=NOT_A_CURSOR)
     return cursor, after, query["limit"], query["wait"]
-
-
-def render(row: dict[str, Any]) -> dict[str, Any]:
-    change = {key: to_json(value) for key, value in row.items() if key not in ("id", "txid")}
-    return {"cursor": f"{row['txid']}-{row['id']}", **change}
 
 
 def waiters() -> threading.BoundedSemaphore:
@@ -76,5 +70,5 @@ def changes() -> Response:
                     rows = read(after, limit)
             finally:
                 semaphore.release()
-    found = [render(row) for row in rows]
+    found = [store.change_document(row) for row in rows]
     return jsonify(changes=found, next=found[-1]["cursor"] if found else cursor)

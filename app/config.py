@@ -11,6 +11,7 @@ from schemas.proofs import UrlSignatureAuth, each
 from schemas.registry import REGISTRY
 from workers.broker import broker_url
 from workers.db import DEFAULT_DATABASE_URL
+from workers.outbound import allow_private
 
 # Where the web app keeps its publishing Celery app (app.extensions).
 CELERY_EXTENSION = "ticks.celery"
@@ -59,6 +60,8 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # How long a group of callbacks is held open for more while they arrive densely
         # (app/queue.py). 0 publishes each request's callbacks at once.
         "GROUP_LINGER_SECONDS": seconds(env, "GROUP_LINGER_MS", "20", 1000, "milliseconds") / 1000,
+        # Subscriptions may name receivers on private and loopback addresses (workers/outbound).
+        "SUBSCRIPTIONS_ALLOW_PRIVATE": allow_private(env),
     }
 
 

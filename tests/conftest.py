@@ -52,7 +52,10 @@ OTHER_SECRETS = {
 }
 VERIFY_TOKENS = {"meta": OTHER_SECRETS["META_VERIFY_TOKENS"]}
 API_TOKEN = "api-secret-for-tests"
-TABLES = "changes, receipts, status_events, messages, quarantine, dead_letters"
+TABLES = (
+    "changes, receipts, status_events, messages, quarantine, dead_letters, subscriptions, "
+    "deliveries"
+)
 # The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
 TEST_CLIENT_BASE = "http://localhost"
 
@@ -267,6 +270,7 @@ class Worker:
         pool: str = "solo",
         concurrency: int = 1,
         app: str = "workers.celery_app",
+        queues: str = QUEUE,
     ) -> None:
         self.log_path = log_path
         self.log = log_path.open("w")
@@ -285,7 +289,7 @@ class Worker:
                 "--hostname",
                 f"{name}@%h",
                 "--queues",
-                QUEUE,
+                queues,
                 "--loglevel",
                 "INFO",
                 "--without-gossip",

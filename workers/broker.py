@@ -36,6 +36,7 @@ from kombu import Exchange, Queue
 log = logging.getLogger(__name__)
 
 QUEUE = "ticks"
+DELIVERY_QUEUE = "ticks.deliveries"  # outbound webhooks' tasks (workers/deliveries.py)
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 # Everything a broker that is down, unreachable, blocked or silent raises at a publisher.
@@ -249,6 +250,18 @@ def task_queue() -> Queue:
     )
 
 
+def delivery_queue() -> Queue:
+    """The outbound webhooks' queue (RabbitMQ). Its tasks only say "send this leased
+    delivery": one lost is sent again when its lease expires, so no dead-lettering."""
+    return Queue(
+        DELIVERY_QUEUE,
+        exchange=task_exchange(),
+        routing_key=DELIVERY_QUEUE,
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
 def dead_letter_queue() -> Queue:
     return Queue(
         DEAD_LETTER_QUEUE,
@@ -274,7 +287,7 @@ class RabbitBroker:
             if key in ("max_retries", "interval_start", "interval_step", "interval_max")
         }
         celery.conf.update(
-            task_queues=[task_queue()],
+            task_queues=[task_queue(), delivery_queue()],
             task_default_exchange=QUEUE,
             task_default_routing_key=QUEUE,
             # Every basic.publish waits for the broker's confirm (kombu/py-amqp).

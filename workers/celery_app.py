@@ -12,7 +12,11 @@ from workers import broker, logs, metrics
 
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
+DELIVER = "ticks.deliver"
 QUEUE = broker.QUEUE
+# Outbound webhooks go through a queue and a worker of their own (workers/deliveries.py): a
+# slow receiver never holds up the status worker.
+DELIVERY_QUEUE = broker.DELIVERY_QUEUE
 DEFAULT_REDIS_URL = broker.DEFAULT_REDIS_URL
 # Redis redelivers a message not acknowledged within this many seconds: how long the
 # messages of a worker killed outright wait before redelivery. A task waiting out a database
@@ -54,6 +58,7 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         broker_connection_max_retries=None,
         # Flower and `celery events` follow tasks through these events.
         worker_send_task_events=True,
+        task_routes={DELIVER: {"queue": DELIVERY_QUEUE}},
     )
     options = {**transport_options, **extra_transport_options()}
     broker.for_url(broker_url).configure(app, VISIBILITY_TIMEOUT, **options)
@@ -132,7 +137,7 @@ def setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
 
 BROKER = broker.current()
 app = make_celery(broker.broker_url())
-app.conf.include = ["workers.tasks"]
+app.conf.include = ["workers.tasks", "workers.deliveries"]
 if BROKER.name == "redis":
     # Keeps the messages it holds when the Redis connection drops, and hands them back once
     # it is back (workers/recovery.py). RabbitMQ requeues them itself.

@@ -58,6 +58,17 @@ class WorkerMetrics:
             "Events applied per transaction",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
+        self.deliveries = Counter(
+            "ticks_deliveries",
+            "Changes POSTed to subscriptions, by outcome: delivered (a 2xx), failed (to be "
+            "retried), dead (given up on, waiting in the dead letters)",
+            ["outcome"],
+        )
+        self.delivery_latency = Histogram(
+            "ticks_delivery_latency_seconds",
+            "From a change's commit to its receiver's 2xx (the oldest change of a batch)",
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
+        )
         self.apply_seconds = Histogram(
             "ticks_apply_duration_seconds",
             "Time to apply one batch of events in the database",

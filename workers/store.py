@@ -19,7 +19,7 @@ import enum
 import itertools
 import json
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -125,13 +125,36 @@ NEXT_STATUS = "SELECT ticks_next_status(%s, %s)"
 # (their txid below the snapshot's xmin), so none can still appear behind a cursor.
 SELECT_CHANGES = """
 SELECT id, txid::text AS txid, provider, message_id, status, previous_status, participant,
-       occurred_at, failure_reason, chat_id, instance_id
+       occurred_at, failure_reason, chat_id, instance_id, created_at
 FROM changes
 WHERE (txid, id) > (%(txid)s::xid8, %(id)s)
   AND txid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY txid, id
 LIMIT %(limit)s
 """
+
+# What a change is, to a reader of GET /changes and to a subscription's receiver.
+CHANGE_FIELDS = (
+    "provider",
+    "message_id",
+    "status",
+    "previous_status",
+    "participant",
+    "occurred_at",
+    "failure_reason",
+    "chat_id",
+    "instance_id",
+)
+
+
+def change_document(row: dict[str, Any]) -> dict[str, Any]:
+    """A change row as JSON: its cursor, then its fields (times in ISO 8601, UTC)."""
+    document: dict[str, Any] = {"cursor": f"{row['txid']}-{row['id']}"}
+    for name in CHANGE_FIELDS:
+        value = row[name]
+        document[name] = value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+    return document
+
 
 INSERT_QUARANTINE = """
 INSERT INTO quarantine (request_id, provider, reason, errors, raw_body, content_type, received_at)

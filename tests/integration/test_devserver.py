@@ -93,7 +93,8 @@ class Devserver:
 
 
 def is_celery_worker(process: psutil.Process) -> bool:
-    """The worker's main process (not its pool's children, not its keeper)."""
+    """The status worker's main process (not its pool's children, not its keeper, not the
+    delivery worker)."""
     try:
         cmdline = process.cmdline()
         parent = process.parent()
@@ -102,6 +103,7 @@ def is_celery_worker(process: psutil.Process) -> bool:
     return (
         "celery" in " ".join(cmdline[:3])
         and "worker" in cmdline
+        and "ticks.deliveries" not in cmdline
         and parent is not None
         and "celery" not in " ".join(parent.cmdline()[:3])
     )
