@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 
+import psycopg
 from celery import Celery
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -23,11 +24,13 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+from psycopg_pool import PoolTimeout
 
 from app.auth import require_api_token
 from app.config import CELERY_EXTENSION
 from schemas.registry import PROVIDERS
-from workers import broker
+from workers import broker, subscriptions
+from workers.db import get_pool
 
 bp = Blueprint("metrics", __name__)
 SNAPSHOT_TIMEOUT = 0.5  # seconds: a broker that does not answer a scrape is reported down
@@ -115,6 +118,53 @@ class QueueCollector:
             )
 
 
+class SubscriptionCollector:
+    """Outbound webhooks at scrape time, per subscription: what waits, for how long, what was
+    given up on, and whether its circuit is open (from the database)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with get_pool(self.database_url).connection(timeout=SNAPSHOT_TIMEOUT) as conn:
+                conn.execute(f"SET LOCAL statement_timeout = {int(SNAPSHOT_TIMEOUT * 1000)}")
+                rows = subscriptions.overview(conn)
+                now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        except (psycopg.Error, PoolTimeout):
+            return  # the database's own absence shows on /healthz and the status page
+        families = {
+            "backlog": GaugeMetricFamily(
+                "ticks_delivery_backlog",
+                "Changes waiting to be delivered, per subscription",
+                labels=["subscription"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "ticks_delivery_oldest_age_seconds",
+                "Age of the oldest change waiting to be delivered (0 when none)",
+                labels=["subscription"],
+            ),
+            "dead": GaugeMetricFamily(
+                "ticks_delivery_dead",
+                "Deliveries given up on (dead letters, replayable), per subscription",
+                labels=["subscription"],
+            ),
+            "paused": GaugeMetricFamily(
+                "ticks_delivery_circuit_open",
+                "1 while a subscription's circuit is open (its receiver kept failing)",
+                labels=["subscription"],
+            ),
+        }
+        for row in rows:
+            label = [row["id"]]
+            oldest = row["oldest_pending"]
+            families["backlog"].add_metric(label, row["backlog"])
+            families["oldest"].add_metric(label, (now - oldest).total_seconds() if oldest else 0)
+            families["dead"].add_metric(label, row["dead"])
+            families["paused"].add_metric(label, 1 if row["paused"] else 0)
+        yield from families.values()
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Expose every metric in Prometheus' text format."""
@@ -125,6 +175,7 @@ def metrics() -> Response:
         multiprocess.MultiProcessCollector(registry)
     queue = CollectorRegistry()
     queue.register(QueueCollector(current_app.extensions[CELERY_EXTENSION]))
+    queue.register(SubscriptionCollector(current_app.config["DATABASE_URL"]))
     return Response(
         generate_latest(registry) + generate_latest(queue), mimetype=CONTENT_TYPE_LATEST
     )

@@ -23,8 +23,9 @@ from app.auth import require_person
 from app.database import pool
 from app.queue import queue_snapshot
 from schemas.registry import PROVIDERS, REGISTRY
-from workers import store
+from workers import store, subscriptions
 from workers.broker import QueueSnapshot
+from workers.outbound import shown_url
 from workers.redact import mask_message_id, mask_phone
 from workers.statuses import STATUSES
 
@@ -221,6 +222,19 @@ def page_context() -> dict[str, Any]:
             hour=count_table(overview["counts"], "hour", configured),
             day=count_table(overview["counts"], "day", configured),
             chart=throughput_chart(overview["per_minute"], now),
+            subscriptions=[
+                {
+                    **row,
+                    "receiver": shown_url(row["url"]),
+                    "filters": ", ".join((row["providers"] or []) + (row["statuses"] or []))
+                    or "all",
+                    "health": subscriptions.state(row),
+                    "behind": duration((now - row["oldest_pending"]).total_seconds())
+                    if row["oldest_pending"]
+                    else None,
+                }
+                for row in overview["subscriptions"]
+            ],
             failed=[
                 {
                     **row,

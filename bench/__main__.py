@@ -59,6 +59,7 @@ from bench.common import (
     wrk,
 )
 from bench.rabbitmq import bench_rabbitmq
+from bench.subscription import bench_subscription
 from bench.sustained import bench_sustained
 from embedded import EmbeddedPostgres, EmbeddedRedis
 from workers.migrate import migrate
@@ -710,7 +711,7 @@ def main() -> int:
             "status_page": bench_status_page,
         }
         # Run only when named in BENCH_ONLY, and then printed, not kept.
-        extras = {"indexes": bench_indexes}
+        extras = {"indexes": bench_indexes, "subscription": bench_subscription}
         for name, bench in {**benches, **extras}.items():
             if name in ONLY:
                 results[name] = bench(env, database_url, broker, tmp)

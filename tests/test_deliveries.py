@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.events import StatusEvent
+from tests.conftest import API_TOKEN
 from tests.receiver import Answer, Receiver, verified
 from workers import deliveries, outbound, store, subscriptions
 
@@ -342,3 +343,27 @@ def test_the_feed_envelope_is_the_change_of_get_changes(db):
     assert posted["data"] == json.loads(json.dumps(store.change_document(row)))
     assert set(posted) == {"type", "timestamp", "data"}
     assert time.time() - datetime.fromisoformat(posted["timestamp"]).timestamp() < 60
+
+
+def test_the_status_page_and_the_metrics_show_a_failing_subscription(client, db, receiver):
+    receiver.behaviour = lambda n, r: Answer(500)
+    failing, _ = subscribe(db, url=receiver.url)
+    healthy, _ = subscribe(db, url="https://hooks.example.com/in?token=secret", statuses=["read"])
+    apply(db, ("M1", "sent"), ("M2", "sent"))
+    deliveries.pump(db, failing)
+    deliveries.send_lane(lambda: nullcontext(db), *deliveries.lease_due(db)[0])
+    bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+    page = client.get("/", headers=bearer).get_data(as_text=True)
+    table = page.split('id="subscriptions"')[1].split("</table>")[0]
+    assert failing in table and "failing (1 in a row)" in table and "HTTP 500" in table
+    assert healthy in table and "https://hooks.example.com/in?…" in table
+    assert "token=secret" not in page and "token=receiver" not in page
+    metrics = client.get("/metrics", headers=bearer).get_data(as_text=True)
+    assert f'ticks_delivery_backlog{{subscription="{failing}"}} 2.0' in metrics
+    assert f'ticks_delivery_backlog{{subscription="{healthy}"}} 0.0' in metrics
+    assert f'ticks_delivery_circuit_open{{subscription="{failing}"}} 0.0' in metrics
+
+
+def test_without_subscriptions_the_page_says_how_to_add_one(client):
+    page = client.get("/", headers={"Authorization": f"Bearer {API_TOKEN}"}).get_data(as_text=True)
+    assert "flask --app app subscriptions add URL" in page

@@ -189,7 +189,7 @@ def test_quarantine_and_dead_letters_pending_and_of_the_day(client, db):
                 "errors": "{}",
                 "raw_body": "{}",
                 "content_type": "application/json",
-                "received_at": NOW,
+                "received_at": datetime.now(UTC) - timedelta(minutes=1),  # within the day
             },
         )
         if resolved:

@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 
 from schemas.events import StatusEvent
 from schemas.fields import chat_identity
+from workers import subscriptions
 from workers.statuses import PENDING, PROGRESS, STATUSES, furthest, rank
 
 LOCK_MESSAGE = """
@@ -531,4 +532,5 @@ def fetch_overview(
         }
         overview["per_minute"] = cur.execute(EVENTS_PER_MINUTE, {"minutes": minutes}).fetchall()
         overview["failed"] = cur.execute(LATEST_FAILED, {"limit": failures}).fetchall()
+        overview["subscriptions"] = cur.execute(subscriptions.OVERVIEW).fetchall()
     return overview

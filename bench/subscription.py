@@ -1,0 +1,159 @@
+"""The outbox's cost: Ticks' sustained capacity with one subscription receiving every change
+(a delivery worker as the Procfile runs it, POSTing to a local receiver), against the same
+without subscriptions, measured in the same run at the same finer rates (issue 17: >= 0.8x).
+
+With the subscription a rate is held only if, besides the sustained criteria
+(bench/sustained.py), every change of the step was delivered (2xx) within 60 s of its end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import (
+    TOKEN,
+    WEB_APP,
+    WORKER_OPTIONS,
+    free_port,
+    http_ok,
+    log,
+    process,
+    wait_until,
+)
+from bench.sustained import STEP_SECONDS, redis_depth, run_step, web_argv, worker_argv
+
+RATES = [int(r) for r in os.environ.get("BENCH_SUB_RATES", "150,200,250,300,350").split(",")]
+UNDELIVERED = """
+SELECT (SELECT count(*) FROM deliveries WHERE delivered_at IS NULL)
+     + (SELECT count(*) FROM changes c JOIN subscriptions s
+        ON (c.txid, c.id) > (s.cursor_txid, s.cursor_id))
+"""
+DELIVERY_LAG = """
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY lag)
+FROM (SELECT extract(epoch FROM delivered_at - first_change_at) * 1000 AS lag
+      FROM deliveries WHERE delivered_at >= %s) AS rows
+"""
+
+
+def deliveries_argv() -> list[str]:
+    return [
+        *worker_argv("workers.celery_app", "ticks.deliveries", []),
+        "--pool",
+        "threads",
+        "--concurrency",
+        "8",
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def delivered_step(database_url: str, since: Any, step: dict[str, Any]) -> None:
+    """Wait until every change is delivered; add how long that took and the delivery lag."""
+    stopped = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            left = conn.execute(UNDELIVERED).fetchone()[0]
+            if left == 0 or time.monotonic() - stopped > 60:
+                break
+            time.sleep(0.2)
+        p50, p99 = conn.execute(DELIVERY_LAG, (since,)).fetchone()
+    step.update(
+        undelivered=left,
+        seconds_to_deliver_rest=round(time.monotonic() - stopped, 1),
+        delivery_p50_ms=round(p50 or 0, 1),
+        delivery_p99_ms=round(p99 or 0, 1),
+    )
+    step["held"] = step["held"] and left == 0
+
+
+def bench_subscription(env: dict[str, str], database_url: str, broker: Any, tmp: Path) -> dict:
+    client = broker.client()
+    port, receiver_port = free_port(), free_port()
+    run_env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
+    url = f"http://127.0.0.1:{port}/webhooks/zapi/{TOKEN}"
+    results: dict[str, Any] = {"step_seconds": STEP_SECONDS, "rates": RATES}
+    for kind in ("without", "with"):
+        client.flushdb()
+        with ExitStack() as stack, psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE subscriptions, deliveries")
+            stack.enter_context(process(web_argv(WEB_APP), run_env, tmp / f"sub-web-{kind}.log"))
+            stack.enter_context(
+                process(
+                    worker_argv("workers.celery_app", "ticks", WORKER_OPTIONS),
+                    env,
+                    tmp / f"sub-w-{kind}.log",
+                )
+            )
+            if kind == "with":
+                stack.enter_context(
+                    process(
+                        [sys.executable, "-m", "bench.receiver", str(receiver_port)],
+                        env,
+                        tmp / "sub-receiver.log",
+                    )
+                )
+                delivery_env = {
+                    **env,
+                    "SUBSCRIPTIONS_ALLOW_PRIVATE": "true",
+                    "WORKER_METRICS_PORT": "0",
+                }
+                stack.enter_context(
+                    process(deliveries_argv(), delivery_env, tmp / "sub-deliveries.log")
+                )
+                from workers import subscriptions
+
+                subscriptions.create(conn, f"http://127.0.0.1:{receiver_port}/ticks", None, None, 1)
+            wait_until(lambda: http_ok(url.split("/webhooks")[0] + "/healthz"), 30, "web")
+            time.sleep(3)  # the workers connect
+            steps = []
+            for rate in RATES:
+                since = conn.execute("SELECT now()").fetchone()[0]
+                step = run_step(
+                    "ticks",
+                    url,
+                    database_url,
+                    redis_depth(client, "ticks"),
+                    rate,
+                    STEP_SECONDS,
+                    tmp,
+                )
+                if kind == "with":
+                    delivered_step(database_url, since, step)
+                steps.append(step)
+                log(
+                    f"subscription {kind}: {rate}/s arrived {step['arrived']}/s, e2e p99 "
+                    f"{step['e2e_p99_ms']} ms, HTTP p99 {step['http_p99_ms']} ms"
+                    + (
+                        f", delivered p50/p99 {step['delivery_p50_ms']}/{step['delivery_p99_ms']}"
+                        f" ms, {step['undelivered']} left"
+                        if kind == "with"
+                        else ""
+                    )
+                    + f": {'HELD' if step['held'] else 'not held'}"
+                )
+                if not step["held"] and len([s for s in steps if not s["held"]]) >= 2:
+                    break
+                time.sleep(3)
+            held = [s for s in steps if s["held"]]
+            results[kind] = {
+                "steps": steps,
+                "capacity": max((s["arrived"] for s in held), default=0.0),
+            }
+    without = results["without"]["capacity"]
+    results["ratio"] = round(results["with"]["capacity"] / without, 2) if without else None
+    log(
+        f"subscription: {results['with']['capacity']:.0f}/s with one against "
+        f"{without:.0f}/s without = {results['ratio']}x (target >= 0.8x)"
+    )
+    return results
