@@ -23,9 +23,9 @@ BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "300"))
 STATUS_EVENTS = int(os.environ.get("BENCH_STATUS_EVENTS", "3000000"))
-ONLY = os.environ.get("BENCH_ONLY", "ingest,drain,end_to_end,sustained,rabbitmq,status_page").split(
-    ","
-)
+ONLY = os.environ.get(
+    "BENCH_ONLY", "ingest,drain,end_to_end,sustained,subscription,rabbitmq,status_page"
+).split(",")
 TOKEN = "bench-token"
 WORKER_CONCURRENCY = "2"
 WEB_APP = "app:create_app()"

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from bench.common import (
     process,
     wait_until,
 )
-from bench.sustained import STEP_SECONDS, redis_depth, run_step, web_argv, worker_argv
+from bench.sustained import STEP_SECONDS, ramp, redis_depth, web_argv, worker_argv
 
+KINDS = os.environ.get("BENCH_SUB_KINDS", "without,with").split(",")  # "with" alone: a probe
+NICE = os.environ.get("BENCH_SUB_NICE", "10")
 RATES = [int(r) for r in os.environ.get("BENCH_SUB_RATES", "150,200,250,300,350").split(",")]
 UNDELIVERED = """
 SELECT (SELECT count(*) FROM deliveries WHERE delivered_at IS NULL)
@@ -44,7 +47,11 @@ FROM (SELECT extract(epoch FROM delivered_at - first_change_at) * 1000 AS lag
 
 
 def deliveries_argv() -> list[str]:
+    """The Procfile's delivery worker (at a lower CPU priority than the web, as there)."""
     return [
+        "nice",
+        "-n",
+        NICE,
         *worker_argv("workers.celery_app", "ticks.deliveries", []),
         "--pool",
         "threads",
@@ -58,7 +65,7 @@ def deliveries_argv() -> list[str]:
     ]
 
 
-def delivered_step(database_url: str, since: Any, step: dict[str, Any]) -> None:
+def delivered_step(database_url: str, since: Any, step: dict[str, Any]) -> str:
     """Wait until every change is delivered; add how long that took and the delivery lag."""
     stopped = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -75,6 +82,10 @@ def delivered_step(database_url: str, since: Any, step: dict[str, Any]) -> None:
         delivery_p99_ms=round(p99 or 0, 1),
     )
     step["held"] = step["held"] and left == 0
+    return (
+        f", delivered p50/p99 {step['delivery_p50_ms']}/{step['delivery_p99_ms']} ms, "
+        f"{left} undelivered {step['seconds_to_deliver_rest']} s after"
+    )
 
 
 def bench_subscription(env: dict[str, str], database_url: str, broker: Any, tmp: Path) -> dict:
@@ -83,7 +94,7 @@ def bench_subscription(env: dict[str, str], database_url: str, broker: Any, tmp:
     run_env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
     url = f"http://127.0.0.1:{port}/webhooks/zapi/{TOKEN}"
     results: dict[str, Any] = {"step_seconds": STEP_SECONDS, "rates": RATES}
-    for kind in ("without", "with"):
+    for kind in KINDS:
         client.flushdb()
         with ExitStack() as stack, psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE subscriptions, deliveries")
@@ -107,49 +118,31 @@ def bench_subscription(env: dict[str, str], database_url: str, broker: Any, tmp:
                     **env,
                     "SUBSCRIPTIONS_ALLOW_PRIVATE": "true",
                     "WORKER_METRICS_PORT": "0",
+                    "DATABASE_POOL_SIZE": "9",  # as the Procfile: one per thread, one for the pump
                 }
                 stack.enter_context(
                     process(deliveries_argv(), delivery_env, tmp / "sub-deliveries.log")
                 )
                 from workers import subscriptions
 
-                subscriptions.create(conn, f"http://127.0.0.1:{receiver_port}/ticks", None, None, 1)
+                if not os.environ.get("BENCH_SUB_IDLE"):  # a probe: the worker without work
+                    subscriptions.create(
+                        conn, f"http://127.0.0.1:{receiver_port}/ticks", None, None, 1
+                    )
             wait_until(lambda: http_ok(url.split("/webhooks")[0] + "/healthz"), 30, "web")
             time.sleep(3)  # the workers connect
-            steps = []
-            for rate in RATES:
-                since = conn.execute("SELECT now()").fetchone()[0]
-                step = run_step(
-                    "ticks",
-                    url,
-                    database_url,
-                    redis_depth(client, "ticks"),
-                    rate,
-                    STEP_SECONDS,
-                    tmp,
-                )
-                if kind == "with":
-                    delivered_step(database_url, since, step)
-                steps.append(step)
-                log(
-                    f"subscription {kind}: {rate}/s arrived {step['arrived']}/s, e2e p99 "
-                    f"{step['e2e_p99_ms']} ms, HTTP p99 {step['http_p99_ms']} ms"
-                    + (
-                        f", delivered p50/p99 {step['delivery_p50_ms']}/{step['delivery_p99_ms']}"
-                        f" ms, {step['undelivered']} left"
-                        if kind == "with"
-                        else ""
-                    )
-                    + f": {'HELD' if step['held'] else 'not held'}"
-                )
-                if not step["held"] and len([s for s in steps if not s["held"]]) >= 2:
-                    break
-                time.sleep(3)
-            held = [s for s in steps if s["held"]]
-            results[kind] = {
-                "steps": steps,
-                "capacity": max((s["arrived"] for s in held), default=0.0),
-            }
+            results[kind] = ramp(
+                "ticks",
+                url,
+                database_url,
+                redis_depth(client, "ticks"),
+                tmp,
+                rates=RATES,
+                also=partial(delivered_step, database_url) if kind == "with" else None,
+                label=f"{kind} a subscription",
+            )
+    if set(KINDS) != {"without", "with"}:
+        return results
     without = results["without"]["capacity"]
     results["ratio"] = round(results["with"]["capacity"] / without, 2) if without else None
     log(

@@ -234,18 +234,33 @@ def run_step(
     return figures
 
 
-def ramp(kind: str, url: str, database_url: str, depth: Callable[[], int], tmp: Path) -> dict:
-    """Step the rate up until a step is not held (then one more step, to be sure)."""
+def ramp(
+    kind: str,
+    url: str,
+    database_url: str,
+    depth: Callable[[], int],
+    tmp: Path,
+    rates: list[int] | None = None,
+    also: Callable[[Any, dict[str, Any]], str] | None = None,
+    label: str | None = None,
+) -> dict:
+    """Step the rate up until a step is not held (then one more step, to be sure).
+
+    ``also``, given the database's time at the step's start and the step, may add figures
+    and clear ``held``; it returns what to add to the step's log line."""
     steps = []
-    for rate in RATES:
+    for rate in rates or RATES:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         step = run_step(kind, url, database_url, depth, rate, STEP_SECONDS, tmp)
+        extra = also(started, step) if also else ""
         steps.append(step)
         log(
-            f"sustained {kind} at {rate}/s: arrived {step['arrived']}/s, refused "
+            f"sustained {label or kind} at {rate}/s: arrived {step['arrived']}/s, refused "
             f"{step['refused']}, HTTP p99 {step['http_p99_ms']} ms, end to end p50/p99 "
             f"{step['e2e_p50_ms']}/{step['e2e_p99_ms']} ms, queue "
             f"{'growing' if step['queue_growing'] else 'steady'} ({step['queue_at_end']} at "
-            f"the end), rest committed in {step['seconds_to_commit_rest']} s: "
+            f"the end), rest committed in {step['seconds_to_commit_rest']} s{extra}: "
             f"{'HELD' if step['held'] else 'not held'}"
         )
         if not step["held"] and len([s for s in steps if not s["held"]]) >= 2:

@@ -1,7 +1,7 @@
 -- Outbound webhooks (workers/deliveries.py). A subscription reads the change feed from its own
 -- cursor (the same commit-order rule as GET /changes) and turns what it wants into deliveries:
--- one row per POST, its changes fixed when it is made, so every retry sends the same body
--- with the same webhook-id. A subscription's deliveries are split into lanes by message; a
+-- one row per POST, its body fixed when it is made, so every retry sends the same bytes with
+-- the same webhook-id. A subscription's deliveries are split into lanes by message; a
 -- lane is sent strictly in order, one POST at a time, so one message's changes arrive in order.
 CREATE TABLE subscriptions (
     id              text        PRIMARY KEY,
@@ -27,7 +27,7 @@ CREATE TABLE deliveries (
     subscription_id text        NOT NULL REFERENCES subscriptions ON DELETE CASCADE,
     lane            smallint    NOT NULL,
     webhook_id      uuid        NOT NULL DEFAULT gen_random_uuid(),
-    changes         jsonb       NOT NULL,   -- the envelopes POSTed, in feed order
+    body            text        NOT NULL,   -- the JSON POSTed: a change, or an array of them
     change_count    integer     NOT NULL,
     first_change_at timestamptz NOT NULL,   -- its oldest change's commit: latency from there
     attempts        integer     NOT NULL DEFAULT 0,

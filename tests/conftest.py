@@ -191,10 +191,10 @@ def empty_rabbitmq(url: str) -> None:
     """Empty Ticks' queues (purged, not deleted: publishers keep their declarations)."""
     import amqp.exceptions
 
-    from workers.broker import DEAD_LETTER_QUEUE, QUEUE
+    from workers.broker import DEAD_LETTER_QUEUE, DELIVERY_QUEUE, QUEUE
 
     with kombu.Connection(url) as conn:
-        for name in (QUEUE, DEAD_LETTER_QUEUE):
+        for name in (QUEUE, DEAD_LETTER_QUEUE, DELIVERY_QUEUE):
             with contextlib.suppress(amqp.exceptions.NotFound):  # not declared yet
                 conn.channel().queue_purge(name)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import subprocess
 import time
-from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -41,11 +43,15 @@ def subscribe(db, url="http://127.0.0.1:9/", providers=None, statuses=None, batc
 
 
 def pending(db, subscription_id):
-    return db.execute(
-        "SELECT lane, changes FROM deliveries WHERE subscription_id = %s"
+    rows = db.execute(
+        "SELECT lane, body FROM deliveries WHERE subscription_id = %s"
         " AND delivered_at IS NULL AND dead_at IS NULL ORDER BY id",
         (subscription_id,),
     ).fetchall()
+    return [
+        (lane, document if isinstance(document := json.loads(body), list) else [document])
+        for lane, body in rows
+    ]
 
 
 def deliver_all(db, rounds: int = 20) -> None:
@@ -57,7 +63,7 @@ def deliver_all(db, rounds: int = 20) -> None:
         if not leased:
             return
         for delivery_id, token in leased:
-            deliveries.send_lane(lambda: nullcontext(db), delivery_id, token)
+            deliveries.send_lane(db, delivery_id, token)
 
 
 @pytest.fixture
@@ -207,7 +213,7 @@ def test_the_circuit_opens_after_five_failures_then_probes_once(db, receiver):
     assert len(probe) == 1  # half-open: one probe
     assert deliveries.lease_due(db) == []
     receiver.behaviour = lambda n, r: Answer(200)
-    deliveries.send_lane(lambda: nullcontext(db), *probe[0])
+    deliveries.send_lane(db, *probe[0])
     assert db.execute(
         "SELECT failures, paused_until FROM subscriptions WHERE id = %s", (subscription_id,)
     ).fetchone() == (0, None)
@@ -290,9 +296,8 @@ def test_a_lost_lease_is_sent_again_with_the_same_id(db, receiver):
     db.execute("UPDATE deliveries SET leased_until = now() - interval '1 second'")
     (again,) = deliveries.lease_due(db)
     assert again[0] == first[0] and again[1] != first[1]
-    connect = lambda: nullcontext(db)  # noqa: E731
-    assert deliveries.send_lane(connect, *first) == 0  # the dead worker's token is void
-    assert deliveries.send_lane(connect, *again) == 1
+    assert deliveries.send_lane(db, *first) == 0  # the dead worker's token is void
+    assert deliveries.send_lane(db, *again) == 1
     assert len(receiver.delivered()) == 1
 
 
@@ -351,7 +356,7 @@ def test_the_status_page_and_the_metrics_show_a_failing_subscription(client, db,
     healthy, _ = subscribe(db, url="https://hooks.example.com/in?token=secret", statuses=["read"])
     apply(db, ("M1", "sent"), ("M2", "sent"))
     deliveries.pump(db, failing)
-    deliveries.send_lane(lambda: nullcontext(db), *deliveries.lease_due(db)[0])
+    deliveries.send_lane(db, *deliveries.lease_due(db)[0])
     bearer = {"Authorization": f"Bearer {API_TOKEN}"}
     page = client.get("/", headers=bearer).get_data(as_text=True)
     table = page.split('id="subscriptions"')[1].split("</table>")[0]
@@ -367,3 +372,87 @@ def test_the_status_page_and_the_metrics_show_a_failing_subscription(client, db,
 def test_without_subscriptions_the_page_says_how_to_add_one(client):
     page = client.get("/", headers={"Authorization": f"Bearer {API_TOKEN}"}).get_data(as_text=True)
     assert "flask --app app subscriptions add URL" in page
+
+
+def test_the_readmes_verification_example_accepts_a_real_delivery_and_nothing_else(db, receiver):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("Verifying one, in Python")[1].split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(example, namespace)  # noqa: S102 - the README's own code
+    verify = namespace["verify"]
+    _, secret = subscribe(db, url=receiver.url)
+    apply(db, ("M1", "sent"))
+    deliver_all(db)
+    (got,) = receiver.delivered()
+    assert verify(secret, got.headers, got.body)
+    assert not verify(secret, got.headers, got.body.replace(b"sent", b"read"))
+    assert not verify(outbound.new_secret(), got.headers, got.body)
+    stale = {**got.headers, "webhook-timestamp": str(int(time.time()) - 600)}
+    assert not verify(secret, stale, got.body)
+
+
+@pytest.fixture
+def tls_receiver(tmp_path):
+    """A receiver on https://localhost with a certificate of its own CA."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    started = Receiver().start()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    started.server.socket = context.wrap_socket(started.server.socket, server_side=True)
+    yield started, cert
+    started.stop()
+
+
+def test_https_receivers_have_their_certificate_checked_for_the_urls_host(
+    tls_receiver, monkeypatch
+):
+    receiver, cert = tls_receiver
+    url = f"https://localhost:{receiver.server.server_address[1]}/in"
+    untrusted = outbound.post(url, b"{}", {}, timeout=2, allow_private=True)
+    assert not untrusted.ok and "CERTIFICATE_VERIFY_FAILED" in untrusted.error
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the receiver's CA trusted
+    trusted = outbound.post(url, b"{}", {}, timeout=2, allow_private=True)
+    assert trusted.ok, trusted.error
+    assert (
+        receiver.delivered()[-1].headers["host"] == f"localhost:{receiver.server.server_address[1]}"
+    )
+    wrong_name = url.replace("localhost", "127.0.0.1")  # connects, but the name is not its
+    assert not outbound.post(wrong_name, b"{}", {}, timeout=2, allow_private=True).ok
+
+
+def test_once_the_receiver_answers_again_every_lane_resumes_at_once(db, receiver):
+    receiver.behaviour = lambda n, r: Answer(500)
+    subscription_id, _ = subscribe(db, url=receiver.url)
+    apply(db, *[(f"M{n}", "sent") for n in range(16)])
+    deliver_all(db)  # every lane's head failed, each now waits 5 s or so
+    assert deliveries.lease_due(db) == []
+    db.execute(  # one of them is due first (its backoff was the shortest)
+        "UPDATE deliveries SET next_attempt_at = now() WHERE id = (SELECT min(id) FROM deliveries)"
+    )
+    db.execute("UPDATE subscriptions SET paused_until = now()")  # its circuit's probe is due
+    receiver.behaviour = lambda n, r: Answer(200)
+    deliver_all(db)  # that one succeeds: the others are due at once, not in 5 s
+    assert len(receiver.delivered()) == 16
+    assert pending(db, subscription_id) == []

@@ -31,24 +31,21 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, ClassVar
 
 import psycopg
 from celery import bootsteps
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from workers import store
 from workers.celery_app import DELIVER, DELIVERY_QUEUE, app
 from workers.db import get_pool
+from workers.guarded import SHUTTING_DOWN
 from workers.metrics import metrics
 from workers.outbound import Answer, allow_private, post, shown_url, signature_header
 
 log = logging.getLogger(__name__)
-Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 
 def setting(name: str, default: str) -> float:
@@ -117,9 +114,9 @@ FROM subscriptions WHERE id = %s FOR UPDATE SKIP LOCKED
 """
 
 INSERT_DELIVERY = """
-INSERT INTO deliveries (subscription_id, lane, changes, change_count, first_change_at,
+INSERT INTO deliveries (subscription_id, lane, body, change_count, first_change_at,
                         expires_at)
-VALUES (%(subscription_id)s, %(lane)s, %(changes)s, %(change_count)s, %(first_change_at)s,
+VALUES (%(subscription_id)s, %(lane)s, %(body)s, %(change_count)s, %(first_change_at)s,
         now() + %(max_age)s * interval '1 second')
 """
 
@@ -134,6 +131,12 @@ def envelope(row: dict[str, Any]) -> dict[str, Any]:
         "timestamp": row["created_at"].isoformat(),
         "data": store.change_document(row),
     }
+
+
+def body(envelopes: list[dict[str, Any]], batch_size: int) -> str:
+    """The JSON POSTed: one change as an object, or (batching) an array, even of one."""
+    document = envelopes if batch_size > 1 else envelopes[0]
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
 
 
 def pump(conn: psycopg.Connection, subscription_id: str) -> int:
@@ -168,7 +171,7 @@ def pump(conn: psycopg.Connection, subscription_id: str) -> int:
                     {
                         "subscription_id": subscription_id,
                         "lane": lane,
-                        "changes": Jsonb([envelope(row) for row in chunk]),
+                        "body": body([envelope(row) for row in chunk], size),
                         "change_count": len(chunk),
                         "first_change_at": min(row["created_at"] for row in chunk),
                         "max_age": MAX_AGE,
@@ -250,27 +253,66 @@ def subscription_ids(conn: psycopg.Connection) -> list[str]:
 
 # -- sending ----------------------------------------------------------------------------
 
-LOAD = """
-SELECT d.id, d.subscription_id, d.lane, d.webhook_id::text AS webhook_id, d.changes,
-       d.change_count, d.attempts, d.first_change_at, d.expires_at,
-       s.url, s.batch_size, s.secret, s.previous_secret,
+# What a sender needs of a delivery and its subscription.
+SENDING = """
+SELECT d.id, d.subscription_id, d.lane, d.webhook_id::text AS webhook_id, d.body,
+       d.change_count, d.attempts, s.url, s.batch_size, s.secret, s.previous_secret,
        s.previous_secret_expires_at > now() AS previous_in_force
-FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+FROM {deliveries} d JOIN subscriptions s ON s.id = d.subscription_id
+"""
+
+LOAD = (
+    SENDING.format(deliveries="deliveries")
+    + """
 WHERE d.id = %(id)s AND d.lease_token = %(token)s
   AND d.delivered_at IS NULL AND d.dead_at IS NULL
 """
+)
 
-DELIVERED = """
-UPDATE deliveries SET delivered_at = now(), attempts = attempts + 1, last_status = %(status)s,
-                      last_error = NULL, leased_until = NULL
-WHERE id = %(id)s AND lease_token = %(token)s AND delivered_at IS NULL AND dead_at IS NULL
-RETURNING extract(epoch FROM now() - first_change_at) AS latency
+# A 2xx, in one statement: the delivery is delivered; the subscription's streak of failures,
+# if any, ends (its row is written only when that says something new, or once a second, so
+# a busy subscription's row is neither rewritten for every POST nor locked against its pump),
+# and then its deliveries waiting out a backoff are due at once; and, with go_on, the lane's
+# next delivery is leased to the same sender and returned, if due.
+# (The statement sees the lane as it was before it: the next is the first pending after this.)
+DELIVERED = (
+    """
+WITH done AS (
+    UPDATE deliveries SET delivered_at = now(), attempts = attempts + 1,
+                          last_status = %(status)s, last_error = NULL, leased_until = NULL
+    WHERE id = %(id)s AND lease_token = %(token)s AND delivered_at IS NULL AND dead_at IS NULL
+    RETURNING subscription_id, lane, extract(epoch FROM now() - first_change_at) AS latency
+), ok AS (
+    UPDATE subscriptions s SET failures = 0, paused_until = NULL, last_success_at = now()
+    FROM done
+    WHERE s.id = done.subscription_id
+      AND (s.failures > 0 OR s.paused_until IS NOT NULL OR s.last_success_at IS NULL
+           OR s.last_success_at < now() - interval '1 second')
+), wake AS (  -- the receiver is back: what waits out a backoff is due now, in every lane
+    UPDATE deliveries w SET next_attempt_at = now()
+    FROM done JOIN subscriptions s ON s.id = done.subscription_id AND s.failures > 0
+    WHERE w.subscription_id = done.subscription_id AND w.id <> %(id)s
+      AND w.delivered_at IS NULL AND w.dead_at IS NULL AND w.next_attempt_at > now()
+), following AS (
+    UPDATE deliveries d SET leased_until = now() + %(lease)s * interval '1 second',
+                            lease_token = %(token)s
+    FROM done
+    WHERE %(go_on)s AND d.id = (
+        SELECT n.id FROM deliveries n
+        WHERE n.subscription_id = done.subscription_id AND n.lane = done.lane
+          AND n.delivered_at IS NULL AND n.dead_at IS NULL AND n.id > %(id)s
+        ORDER BY n.id
+        LIMIT 1
+    )
+      AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
+    RETURNING d.*
+)
+SELECT done.latency, next.*
+FROM done LEFT JOIN ("""
+    + SENDING.format(deliveries="following")
+    + """) AS next ON true
 """
-
-SUBSCRIPTION_OK = """
-UPDATE subscriptions SET failures = 0, paused_until = NULL, last_success_at = now()
-WHERE id = %(subscription_id)s
-"""
+)
 
 FAILED = """
 UPDATE deliveries SET attempts = attempts + 1, last_status = %(status)s, last_error = %(error)s,
@@ -293,26 +335,10 @@ WHERE id = %(subscription_id)s
 RETURNING failures
 """
 
-NEXT_IN_LANE = """
-UPDATE deliveries SET leased_until = now() + %(lease)s * interval '1 second',
-                      lease_token = %(token)s
-WHERE id = (
-    SELECT id FROM deliveries
-    WHERE subscription_id = %(subscription_id)s AND lane = %(lane)s
-      AND delivered_at IS NULL AND dead_at IS NULL
-    ORDER BY id
-    LIMIT 1
-)
-  AND next_attempt_at <= now() AND (leased_until IS NULL OR leased_until < now())
-RETURNING id
-"""
-
 
 def request_parts(delivery: dict[str, Any], timestamp: int) -> tuple[bytes, dict[str, str]]:
     """The body and the Standard Webhooks headers of one delivery."""
-    changes = delivery["changes"]
-    document = changes if delivery["batch_size"] > 1 else changes[0]
-    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    body = delivery["body"].encode()
     webhook_id = "msg_" + delivery["webhook_id"].replace("-", "")
     keys = [delivery["secret"]]
     if delivery["previous_secret"] and delivery["previous_in_force"]:
@@ -326,32 +352,29 @@ def request_parts(delivery: dict[str, Any], timestamp: int) -> tuple[bytes, dict
 
 def record(
     conn: psycopg.Connection, delivery: dict[str, Any], token: str, answer: Answer, go_on: bool
-) -> int | None:
-    """Record one attempt; on success, lease and return the lane's next delivery if it is due
-    and ``go_on``."""
+) -> dict[str, Any] | None:
+    """Record one attempt; on success, return the lane's next delivery, leased to the same
+    sender, if it is due and ``go_on``."""
     measures = metrics()
     key = {"id": delivery["id"], "token": token, "subscription_id": delivery["subscription_id"]}
-    with conn.transaction(), conn.cursor() as cur:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         if answer.ok:
-            done = cur.execute(DELIVERED, {**key, "status": answer.status}).fetchone()
+            done = cur.execute(
+                DELIVERED,
+                {**key, "status": answer.status, "go_on": go_on, "lease": LEASE_SECONDS},
+            ).fetchone()
             if done is None:  # the lease was lost meanwhile: another sender has it
                 return None
-            cur.execute(SUBSCRIPTION_OK, key)
             measures.deliveries.labels("delivered").inc(delivery["change_count"])
-            measures.delivery_latency.observe(float(done[0]))
-            if not go_on:
-                return None
-            following = cur.execute(
-                NEXT_IN_LANE,
-                {**key, "lane": delivery["lane"], "lease": LEASE_SECONDS},
-            ).fetchone()
-            return following[0] if following else None
+            measures.delivery_latency.observe(float(done.pop("latency")))
+            return done if done["id"] is not None else None
         delay = next_delay(delivery["attempts"] + 1, answer.retry_after)
         failed = cur.execute(
             FAILED, {**key, "status": answer.status, "error": answer.error, "delay": delay}
         ).fetchone()
         if failed is None:
             return None
+        dead = failed["dead"]
         row = cur.execute(
             SUBSCRIPTION_FAILED,
             {
@@ -362,48 +385,45 @@ def record(
                 "pause_max": PAUSE_MAX,
             },
         ).fetchone()
-        outcome = "dead" if failed[0] else "failed"
+        outcome = "dead" if dead else "failed"
         measures.deliveries.labels(outcome).inc(delivery["change_count"])
         log.warning(
             "delivery %s to %s of subscription %s %s: %s (attempt %d, %d failed in a row)%s",
             delivery["id"],
             shown_url(delivery["url"]),
             delivery["subscription_id"],
-            "dead-lettered" if failed[0] else "failed",
+            "dead-lettered" if dead else "failed",
             answer.error,
             delivery["attempts"] + 1,
-            row[0] if row else 0,
-            "" if failed[0] else f", next in {delay:.0f} s",
+            row["failures"] if row else 0,
+            "" if dead else f", next in {delay:.0f} s",
         )
     return None
 
 
-def send_lane(connect: Connect, delivery_id: int, token: str) -> int:
+def send_lane(conn: psycopg.Connection, delivery_id: int, token: str) -> int:
     """POST a leased delivery and, while they succeed and the budget lasts, the ones after it
-    in its lane; return how many were POSTed. A connection is held for each step in the
-    database, never while a receiver is being waited for."""
+    in its lane; return how many were POSTed."""
     deadline = time.monotonic() + TASK_BUDGET
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        delivery = cur.execute(LOAD, {"id": delivery_id, "token": token}).fetchone()
     sent = 0
-    current: int | None = delivery_id
-    while current is not None:
-        with connect() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            delivery = cur.execute(LOAD, {"id": current, "token": token}).fetchone()
-        if delivery is None:
-            break
+    while delivery is not None:
         body, headers = request_parts(delivery, int(time.time()))
         answer = post(
             delivery["url"], body, headers, timeout=TIMEOUT, allow_private=allow_private()
         )
         sent += 1
-        with connect() as conn:
-            current = record(conn, delivery, token, answer, time.monotonic() < deadline)
+        go_on = time.monotonic() < deadline and not SHUTTING_DOWN.is_set()  # Ctrl-C is quick
+        delivery = record(conn, delivery, token, answer, go_on)
     return sent
 
 
 @app.task(name=DELIVER, acks_late=True, ignore_result=True)
 def deliver(delivery_id: int, token: str) -> int:
     """POST one leased delivery, and the rest of its lane while they succeed (a while)."""
-    return send_lane(get_pool().connection, delivery_id, token)
+    with get_pool().connection() as conn:  # the delivery worker's pool has one per thread
+        return send_lane(conn, delivery_id, token)
 
 
 # -- the pump's timer, in the delivery worker only -------------------------------------------
@@ -437,6 +457,8 @@ class DeliveryPump(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         self.last_expiry = 0.0
+        self.last_warning = 0.0
+        self.failing_since: float | None = None
         self.refs = [
             worker.timer.call_repeatedly(POLL_SECONDS, self.round, (worker.app,), priority=10)
         ]
@@ -451,8 +473,18 @@ class DeliveryPump(bootsteps.StartStopStep):
             if time.monotonic() - self.last_expiry > EXPIRE_EVERY:
                 expire_once()
                 self.last_expiry = time.monotonic()
-        except Exception:  # the timer must outlive a database or broker outage
-            log.warning("delivery pump round failed", exc_info=True)
+            self.failing_since = None
+        except Exception as exc:  # the timer must outlive a database or broker outage
+            now = time.monotonic()
+            if self.failing_since is None or now - self.last_warning >= 60:
+                log.warning(
+                    "delivery pump: %s (tried again every %g s; said once a minute)",
+                    f"{type(exc).__name__}: {exc}".strip(),
+                    POLL_SECONDS,
+                )
+                self.last_warning = now
+            if self.failing_since is None:
+                self.failing_since = now
 
 
 app.steps["worker"].add(DeliveryPump)

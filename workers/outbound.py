@@ -50,6 +50,11 @@ def allow_private(env: Mapping[str, str] = os.environ) -> bool:
     return env.get("SUBSCRIPTIONS_ALLOW_PRIVATE", "").strip().lower() in ("1", "true", "yes")
 
 
+# Connections are kept open between POSTs to the same receiver (keyed by the address checked,
+# the port and the URL's host): no TCP or TLS handshake per change.
+POOLS = urllib3.PoolManager(num_pools=200, maxsize=8, cert_reqs="CERT_REQUIRED")
+
+
 class Refused(ValueError):
     """A subscription URL Ticks will not call."""
 
@@ -83,10 +88,19 @@ def resolve(url: str, allow_private: bool) -> list[str]:
     check_url(url)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    hostname = parts.hostname or ""
+    try:  # an address needs no lookup
+        literal = [str(ipaddress.ip_address(hostname.split("%", 1)[0]))]
+    except ValueError:
+        literal = []
     try:
-        found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        found = (
+            [(0, 0, 0, "", (address, port)) for address in literal]
+            if literal
+            else socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+        )
     except (socket.gaierror, UnicodeError) as exc:
-        raise Refused(f"host {parts.hostname} does not resolve: {exc}") from None
+        raise Refused(f"host {hostname} does not resolve: {exc}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
     if not allow_private:
         private = [address for address in addresses if not is_public(address)]
@@ -158,20 +172,14 @@ def post(
     if parts.username is not None:
         credentials = f"{parts.username}:{parts.password or ''}".encode()
         headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials).decode()}
-    pool: urllib3.HTTPConnectionPool
-    limit = urllib3.Timeout(total=timeout)
-    if parts.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            addresses[0],
-            port,
-            timeout=limit,
-            retries=False,
-            server_hostname=host,
-            assert_hostname=host,
-            cert_reqs="CERT_REQUIRED",
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(addresses[0], port, timeout=limit, retries=False)
+    pool = POOLS.connection_from_host(
+        addresses[0],
+        port,
+        parts.scheme,
+        pool_kwargs={"server_hostname": host, "assert_hostname": host}
+        if parts.scheme == "https"
+        else None,
+    )
     try:
         response = pool.urlopen(
             "POST",
@@ -184,6 +192,8 @@ def post(
                 **headers,
             },
             redirect=False,
+            retries=False,
+            timeout=urllib3.Timeout(total=timeout),
             preload_content=False,
         )
         try:
@@ -192,8 +202,6 @@ def post(
             response.release_conn()
     except urllib3.exceptions.HTTPError as exc:
         return Answer(None, f"{type(exc).__name__}: {exc}"[:300])
-    finally:
-        pool.close()
     if 200 <= response.status < 300:
         return Answer(response.status)
     return Answer(

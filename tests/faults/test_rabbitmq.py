@@ -328,3 +328,33 @@ def test_a_quorum_queue_on_three_nodes_survives_losing_one_under_load(
         )
     finally:
         cluster.stop()
+
+
+def test_outbound_webhooks_are_delivered_through_rabbitmq(db, rabbit, database_url, start_worker):
+    from tests.receiver import Receiver, verified
+    from workers.celery_app import DELIVERY_QUEUE
+
+    receiver = Receiver().start()
+    try:
+        app = make_app(database_url, rabbit, SUBSCRIPTIONS_ALLOW_PRIVATE=True)
+        added = app.test_cli_runner().invoke(args=["subscriptions", "add", receiver.url])
+        _, secret = added.output.splitlines()
+        rabbit_worker(start_worker, rabbit)
+        rabbit_worker(
+            start_worker,
+            rabbit,
+            "d1",
+            pool="threads",
+            concurrency=2,
+            queues=DELIVERY_QUEUE,
+            env={"SUBSCRIPTIONS_ALLOW_PRIVATE": "true", "DELIVERY_POLL_SECONDS": "0.1"},
+        )
+        client = app.test_client()
+        for status in ("SENT", "READ"):
+            assert client.post(ZAPI_URL, json=zapi(status, "RABBIT-OUT")).status_code == 200
+        wait_for(lambda: len(receiver.delivered()) == 2, 60)
+        got = receiver.delivered()
+        assert [r.document["data"]["status"] for r in got] == ["sent", "read"]
+        assert all(verified(secret, r) for r in got)
+    finally:
+        receiver.stop()

@@ -85,6 +85,7 @@ def test_every_change_reaches_the_receiver_signed_once_and_in_order_per_message(
         lambda: (f := whole_feed(client)) and len(receiver.delivered()) >= len(f) and f, 60
     )
     got = receiver.delivered()
+    print(f"\n{len(callbacks)} callbacks, {len(feed)} changes, {len(got)} POSTs answered 2xx")
     assert all(verified(secret, r) for r in got)
     delivered = [r.document["data"] for r in got]
     assert sorted(c["cursor"] for c in delivered) == sorted(c["cursor"] for c in feed)  # once each
@@ -107,6 +108,7 @@ def test_a_receiver_that_fails_then_comes_back_gets_everything_with_the_same_ids
     for status in STATUSES:
         signed_post(client, "zapi", callback("BACK", status))
     wait_for(lambda: len(receiver.delivered()) == 4, 60)
+    print(f"\nreceiver back: all 4 delivered {time.monotonic() - down_until:.1f} s later")
     statuses = [r.document["data"]["status"] for r in receiver.delivered()]
     assert statuses == ["sent", "received", "read", "played"]
     first_id = receiver.delivered()[0].headers["webhook-id"]
@@ -144,9 +146,11 @@ def test_a_delivery_worker_killed_mid_post_loses_nothing(
     signed_post(client, "zapi", callback("KILLED", "READ"))
     wait_for(lambda: receiver.received, 30)
     doomed.kill_hard()
+    killed = time.monotonic()
     # Its lease (DELIVERY_TIMEOUT + 20 s) runs out; another worker sends it again.
     start_deliveries("d2", DELIVERY_TIMEOUT="1")
     wait_for(lambda: len(receiver.delivered()) == 2, 60)
+    print(f"\nkilled mid-POST: both delivered {time.monotonic() - killed:.1f} s after the kill")
     delivered = receiver.delivered()
     assert [r.document["data"]["status"] for r in delivered] == ["sent", "read"]
     assert delivered[0].headers["webhook-id"] == receiver.received[0].headers["webhook-id"]
@@ -170,5 +174,7 @@ def test_a_hanging_receiver_never_holds_up_the_status_worker(
         return statuses == ["read"] * 20
 
     wait_for(all_read, 30)
-    assert time.monotonic() - started < 5  # before the receiver answered even once
+    took = time.monotonic() - started
+    print(f"\nhanging receiver: 20 callbacks applied in {took:.2f} s")
+    assert took < 5  # before the receiver answered even once
     assert not receiver.delivered()
