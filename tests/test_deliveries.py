@@ -3,6 +3,7 @@ the pump, the lanes, signing, retries, the dead letters, the circuit, the addres
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -243,6 +244,11 @@ def test_timeouts_closed_connections_and_redirects_are_failed_attempts(receiver)
         "http://192.168.0.10/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        "http://2130706433/hook",  # 127.0.0.1 as one number
+        "http://0x7f.1/hook",
+        "http://[64:ff9b::a9fe:a9fe]/latest",  # NAT64 of 169.254.169.254
+        "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+        "http://[::7f00:1]/hook",  # IPv4-compatible 127.0.0.1
     ],
 )
 def test_private_and_loopback_receivers_are_refused(url):
@@ -268,7 +274,10 @@ def test_a_public_address_is_allowed(monkeypatch):
 
 def test_the_shown_url_keeps_no_credentials_or_query():
     shown = outbound.shown_url("https://user:pw@hooks.example.com:8443/in?token=abc")
-    assert shown == "https://hooks.example.com:8443/in?…"
+    assert shown == "https://hooks.example.com:8443/…"
+    slack = outbound.shown_url("https://hooks.slack.com/services/T000/B000/XXXXSECRET")
+    assert slack == "https://hooks.slack.com/…"  # Slack's and Discord's secrets are the path
+    assert outbound.shown_url("http://[::1]:81/") == "http://[::1]:81/"
 
 
 def test_a_rotated_secret_signs_beside_the_new_one(db, receiver):
@@ -361,7 +370,7 @@ def test_the_status_page_and_the_metrics_show_a_failing_subscription(client, db,
     page = client.get("/", headers=bearer).get_data(as_text=True)
     table = page.split('id="subscriptions"')[1].split("</table>")[0]
     assert failing in table and "failing (1 in a row)" in table and "HTTP 500" in table
-    assert healthy in table and "https://hooks.example.com/in?…" in table
+    assert healthy in table and "https://hooks.example.com/…" in table
     assert "token=secret" not in page and "token=receiver" not in page
     metrics = client.get("/metrics", headers=bearer).get_data(as_text=True)
     assert f'ticks_delivery_backlog{{subscription="{failing}"}} 2.0' in metrics
@@ -456,3 +465,61 @@ def test_once_the_receiver_answers_again_every_lane_resumes_at_once(db, receiver
     deliver_all(db)  # that one succeeds: the others are due at once, not in 5 s
     assert len(receiver.delivered()) == 16
     assert pending(db, subscription_id) == []
+
+
+def test_an_internationalised_host_is_sent_as_punycode_and_credentials_decoded(
+    receiver, monkeypatch
+):
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, port, *a, **kw: real("127.0.0.1", port, *a, **kw)
+    )
+    port = receiver.server.server_address[1]
+    answer = outbound.post(
+        f"http://us%40er:p%40ss@пример.рф:{port}/in", b"{}", {}, timeout=2, allow_private=True
+    )
+    assert answer.ok, answer.error
+    (got,) = receiver.delivered()
+    assert got.headers["host"] == f"xn--e1afmkfd.xn--p1ai:{port}"
+    assert got.headers["authorization"] == "Basic " + base64.b64encode(b"us@er:p@ss").decode()
+
+
+def test_a_receiver_failing_for_weeks_keeps_its_pause_at_the_cap(db, receiver):
+    receiver.behaviour = lambda n, r: Answer(500)
+    subscribe(db, url=receiver.url)
+    apply(db, ("M1", "sent"))
+    db.execute("UPDATE subscriptions SET failures = 5000")  # a probe every 15 min for weeks
+    deliver_all(db)
+    failures, pause = db.execute(
+        "SELECT failures, extract(epoch FROM paused_until - now()) FROM subscriptions"
+    ).fetchone()
+    assert failures == 5001 and deliveries.PAUSE_MAX - 5 <= float(pause) <= deliveries.PAUSE_MAX
+
+
+def test_a_sender_whose_lease_ran_out_in_the_queue_sends_nothing(db, receiver):
+    subscribe(db, url=receiver.url)
+    apply(db, ("M1", "sent"))
+    deliveries.pump(db, deliveries.subscription_ids(db)[0])
+    (leased,) = deliveries.lease_due(db)
+    db.execute("UPDATE deliveries SET leased_until = now() - interval '1 second'")
+    assert deliveries.send_lane(db, *leased) == 0  # the pump may lease it to another meanwhile
+    assert receiver.received == []
+
+
+def test_a_replayed_dead_letter_joins_its_lane_without_a_second_sender(db, receiver, monkeypatch):
+    monkeypatch.setattr(deliveries, "MAX_AGE", 2.0)
+    receiver.behaviour = lambda n, r: Answer(500)
+    subscription_id, _ = subscribe(db, url=receiver.url)
+    apply(db, ("M1", "sent"))
+    deliver_all(db)  # dead at once: its backoff outlives its 2 s
+    (dead,) = subscriptions.dead(db, subscription_id, 10)
+    receiver.behaviour = lambda n, r: Answer(200)
+    apply(db, ("M1", "read"), ("M1", "played"))
+    deliveries.pump(db, subscription_id)
+    (head,) = deliveries.lease_due(db)  # the lane's read is being sent...
+    with db.transaction():  # ...when the dead sent is replayed
+        subscriptions.replay(db, subscription_id, [dead["id"]], 60)
+    assert deliveries.send_lane(db, *head) == 3  # the one sender takes all three
+    assert deliveries.lease_due(db) == []
+    statuses = [r.document["data"]["status"] for r in receiver.delivered()]
+    assert statuses == ["read", "sent", "played"]

@@ -232,17 +232,21 @@ def lease_due(conn: psycopg.Connection) -> list[tuple[int, str]]:
         probing: set[str] = set()
         for head in heads:
             sub = head["subscription_id"]
-            if head["failures"] >= FAILURES_TO_OPEN:  # half-open: one probe at a time
-                if sub in probing:
-                    continue
-                probing.add(sub)
-                cur.execute(HOLD_FOR_PROBE, {"id": sub, "lease": LEASE_SECONDS})
+            half_open = head["failures"] >= FAILURES_TO_OPEN  # then one probe at a time
+            if half_open and sub in probing:
+                continue
             token = str(uuid.uuid4())
+            # The delivery first, then its subscription: the order a sender recording an
+            # answer takes its locks in, so the two never deadlock.
             found = cur.execute(
                 LEASE, {"id": head["id"], "token": token, "lease": LEASE_SECONDS}
             ).fetchone()
-            if found:
-                leased.append((head["id"], token))
+            if not found:
+                continue
+            if half_open:
+                probing.add(sub)
+                cur.execute(HOLD_FOR_PROBE, {"id": sub, "lease": LEASE_SECONDS})
+            leased.append((head["id"], token))
     return leased
 
 
@@ -261,20 +265,23 @@ SELECT d.id, d.subscription_id, d.lane, d.webhook_id::text AS webhook_id, d.body
 FROM {deliveries} d JOIN subscriptions s ON s.id = d.subscription_id
 """
 
-LOAD = (
-    SENDING.format(deliveries="deliveries")
-    + """
-WHERE d.id = %(id)s AND d.lease_token = %(token)s
-  AND d.delivered_at IS NULL AND d.dead_at IS NULL
-"""
-)
+# A sender takes up its lease: only while it has not run out (a task that waited longer in
+# the queue than its lease finds another sender has it), and renews it from now.
+LOAD = """
+WITH taken AS (
+    UPDATE deliveries SET leased_until = now() + %(lease)s * interval '1 second'
+    WHERE id = %(id)s AND lease_token = %(token)s AND leased_until > now()
+      AND delivered_at IS NULL AND dead_at IS NULL
+    RETURNING *
+)""" + SENDING.format(deliveries="taken")
 
 # A 2xx, in one statement: the delivery is delivered; the subscription's streak of failures,
 # if any, ends (its row is written only when that says something new, or once a second, so
 # a busy subscription's row is neither rewritten for every POST nor locked against its pump),
 # and then its deliveries waiting out a backoff are due at once; and, with go_on, the lane's
 # next delivery is leased to the same sender and returned, if due.
-# (The statement sees the lane as it was before it: the next is the first pending after this.)
+# (The statement sees the lane as it was before it: the next is its first pending but this
+# one, a dead letter replayed meanwhile included, so a lane never has two senders.)
 DELIVERED = (
     """
 WITH done AS (
@@ -300,10 +307,11 @@ WITH done AS (
     WHERE %(go_on)s AND d.id = (
         SELECT n.id FROM deliveries n
         WHERE n.subscription_id = done.subscription_id AND n.lane = done.lane
-          AND n.delivered_at IS NULL AND n.dead_at IS NULL AND n.id > %(id)s
+          AND n.delivered_at IS NULL AND n.dead_at IS NULL AND n.id <> %(id)s
         ORDER BY n.id
         LIMIT 1
     )
+      AND d.delivered_at IS NULL AND d.dead_at IS NULL
       AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
     RETURNING d.*
 )
@@ -329,7 +337,7 @@ UPDATE subscriptions SET failures = failures + 1, last_failure_at = now(),
        last_error = %(error)s,
        paused_until = CASE WHEN failures + 1 >= %(threshold)s
                            THEN now() + least(%(pause_max)s, %(pause)s
-                                * 2 ^ greatest(0, failures + 1 - %(threshold)s))
+                                * 2 ^ least(20, greatest(0, failures + 1 - %(threshold)s)))
                                 * interval '1 second' END
 WHERE id = %(subscription_id)s
 RETURNING failures
@@ -406,7 +414,9 @@ def send_lane(conn: psycopg.Connection, delivery_id: int, token: str) -> int:
     in its lane; return how many were POSTed."""
     deadline = time.monotonic() + TASK_BUDGET
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        delivery = cur.execute(LOAD, {"id": delivery_id, "token": token}).fetchone()
+        delivery = cur.execute(
+            LOAD, {"id": delivery_id, "token": token, "lease": LEASE_SECONDS}
+        ).fetchone()
     sent = 0
     while delivery is not None:
         body, headers = request_parts(delivery, int(time.time()))

@@ -18,7 +18,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import urllib3
 
@@ -59,12 +59,23 @@ class Refused(ValueError):
     """A subscription URL Ticks will not call."""
 
 
+# IPv6 ranges that carry an IPv4 address a gateway may forward to (NAT64, 6to4, the old
+# IPv4-compatible form): refused whole, whatever IPv4 address they embed.
+EMBEDS_IPV4 = tuple(
+    ipaddress.IPv6Network(network)
+    for network in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96")
+)
+
+
 def is_public(address: str) -> bool:
     """True for an address on the public internet: not loopback, private, link-local (cloud
     metadata at 169.254.169.254), multicast, reserved or unspecified."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in network for network in EMBEDS_IPV4):  # may reach any IPv4 address
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -113,15 +124,18 @@ def resolve(url: str, allow_private: bool) -> list[str]:
 
 
 def shown_url(url: str) -> str:
-    """A URL for logs and pages: scheme, host, port and path; never credentials or a query
-    (either may hold a receiver's token)."""
+    """A URL for logs and pages: scheme, host and port; never credentials, a path or a query,
+    any of which may hold a receiver's token (Slack's and Discord's are in the path)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    rest = "/…" if parts.path.strip("/") or parts.query else "/"
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 @dataclass(frozen=True)
@@ -165,12 +179,15 @@ def post(
     except Refused as exc:
         return Answer(None, f"refused: {exc}")
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:  # an internationalised name goes out as the DNS knows it (punycode)
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except UnicodeError:
+        return Answer(None, "refused: the host name is not a valid internationalised name")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
     if parts.username is not None:
-        credentials = f"{parts.username}:{parts.password or ''}".encode()
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials).decode()}
     pool = POOLS.connection_from_host(
         addresses[0],
@@ -200,7 +217,7 @@ def post(
             response.read(65536, decode_content=False)  # a little of it; the rest is dropped
         finally:
             response.release_conn()
-    except urllib3.exceptions.HTTPError as exc:
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:  # never the task's end
         return Answer(None, f"{type(exc).__name__}: {exc}"[:300])
     if 200 <= response.status < 300:
         return Answer(response.status)
