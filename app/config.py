@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +11,7 @@ from schemas.registry import REGISTRY
 from workers.broker import broker_url
 from workers.db import DEFAULT_DATABASE_URL
 from workers.outbound import allow_private
+from workers.settings import seconds
 
 # Where the web app keeps its publishing Celery app (app.extensions).
 CELERY_EXTENSION = "ticks.celery"
@@ -21,20 +21,6 @@ DEFAULT_MAX_BODY_BYTES = 65536
 def split_tokens(value: str | None) -> tuple[str, ...]:
     """Return the non-empty tokens of a comma-separated list."""
     return tuple(token.strip() for token in (value or "").split(",") if token.strip())
-
-
-def seconds(
-    env: Mapping[str, str], name: str, default: str, most: float = 86400, unit: str = "seconds"
-) -> float:
-    """Return a setting that is a number (of seconds, from 0 to a day), or fail naming it."""
-    raw = env.get(name, default)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= most:  # NaN fails too
-        raise RuntimeError(f"{name} must be a number of {unit} from 0 to {most:g}, not {raw!r}")
-    return value
 
 
 def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -523,3 +525,20 @@ def test_a_replayed_dead_letter_joins_its_lane_without_a_second_sender(db, recei
     assert deliveries.lease_due(db) == []
     statuses = [r.document["data"]["status"] for r in receiver.delivered()]
     assert statuses == ["read", "sent", "played"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DELIVERY_TIMEOUT", "nan"), ("DELIVERY_MAX_AGE", "-1"), ("DELIVERY_POLL_SECONDS", "x")],
+)
+def test_a_bad_delivery_setting_stops_the_start_naming_it(name, value):
+    env = {**os.environ, name: value}
+    result = subprocess.run(
+        [sys.executable, "-c", "import workers.deliveries"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode != 0
+    assert f"{name} must be a number of seconds" in result.stderr

@@ -31,7 +31,6 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from datetime import timedelta
 from typing import Any, ClassVar
 
 import psycopg
@@ -44,19 +43,9 @@ from workers.db import get_pool
 from workers.guarded import SHUTTING_DOWN
 from workers.metrics import metrics
 from workers.outbound import Answer, allow_private, post, shown_url, signature_header
+from workers.settings import seconds
 
 log = logging.getLogger(__name__)
-
-
-def setting(name: str, default: str) -> float:
-    raw = os.environ.get(name, default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RuntimeError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value < 0:
-        raise RuntimeError(f"{name} must not be negative, not {raw!r}")
-    return value
 
 
 def schedule(raw: str) -> tuple[float, ...]:
@@ -76,19 +65,18 @@ def schedule(raw: str) -> tuple[float, ...]:
 # 10 min, 30 min, 1 h, 2 h, 4 h, 8 h, then every 8 h (about 16 attempts in 24 h).
 DEFAULT_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800"
 RETRY_SCHEDULE = schedule(os.environ.get("DELIVERY_RETRY_SCHEDULE", DEFAULT_SCHEDULE))
-MAX_AGE = setting("DELIVERY_MAX_AGE", "86400")
+MAX_AGE = seconds(os.environ, "DELIVERY_MAX_AGE", "86400", most=30 * 86400)
 JITTER = 0.2
-TIMEOUT = setting("DELIVERY_TIMEOUT", "10")  # one POST, connecting included
-POLL_SECONDS = setting("DELIVERY_POLL_SECONDS", "0.5")
+TIMEOUT = seconds(os.environ, "DELIVERY_TIMEOUT", "10", most=300)  # one POST, connecting included
+POLL_SECONDS = seconds(os.environ, "DELIVERY_POLL_SECONDS", "0.5", most=60)
 # A sender holds a delivery this long; killed, it is sent again after that.
 LEASE_SECONDS = TIMEOUT + 20
 TASK_BUDGET = 20.0  # seconds one task goes on along its lane before handing it back
 LANES = 8  # fixed: a message's lane must not change while it has deliveries pending
 PUMP_LIMIT = 2000  # changes read per subscription per round
 FAILURES_TO_OPEN = 5
-PAUSE_FIRST = setting("DELIVERY_CIRCUIT_PAUSE", "30")
+PAUSE_FIRST = seconds(os.environ, "DELIVERY_CIRCUIT_PAUSE", "30")
 PAUSE_MAX = 900.0
-ROTATION_GRACE = timedelta(hours=24)  # a rotated secret still signs this long
 EXPIRE_EVERY = 30.0
 
 
