@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import redis.client
+import redis.exceptions
+
 from workers import ledger
 from workers.celery_app import APPLY_EVENTS, QUEUE, make_celery
 from workers.recovery import HandedBack, hand_back, lost_channels, take_held
@@ -55,3 +59,31 @@ def test_a_held_message_redis_lost_is_published_again_with_its_ledger_entry(redi
     assert republished["properties"]["delivery_info"]["redelivered"] is True
     assert broker.zscore(ledger.INFLIGHT, "hb-task") is not None
     assert json.loads(broker.hget(ledger.MESSAGES, "hb-task"))["payload"] == EVENTS
+
+
+def test_a_message_whose_recording_as_held_lost_its_answer_is_handed_back(
+    redis_url, broker, monkeypatch
+):
+    """Redis ran the MULTI recording the message in unacked, then stopped before answering
+    (SIGTERM, SHUTDOWN): the worker must still count it as held, or it waits in unacked for
+    the visibility timeout (1 h) held by nobody (CI, stop 13: one callback in 613)."""
+    celery = make_celery(redis_url)
+    ledger.publish(celery, APPLY_EVENTS, EVENTS, task_id="hb-task", summary="[1 events]")
+    connection = celery.connection_for_read()
+    channel = connection.default_channel
+    execute = redis.client.Pipeline.execute
+
+    def answer_lost(self, *args, **kwargs):
+        execute(self, *args, **kwargs)
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", answer_lost)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel.basic_get(QUEUE, no_ack=False)
+    monkeypatch.undo()
+    assert broker.hlen("unacked") == 1 and broker.llen(QUEUE) == 0
+    [message] = take_held(lost_channels(connection))
+    assert message.headers["id"] == "hb-task"
+    fresh = make_celery(redis_url).connection_for_read().default_channel
+    assert hand_back(fresh.client, fresh, [message]) == (1, 0)
+    assert broker.hlen("unacked") == 0 and broker.llen(QUEUE) == 1

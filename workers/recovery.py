@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 from celery import bootsteps
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests, reserved_requests
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.json import dumps as json_dumps
 
 from workers import ledger
@@ -41,6 +43,31 @@ RECOVERY_LOCK = "ticks:inflight:recovering"
 # what it took off the queue as held, short enough that a broker restart costs seconds.
 RECOVERY_SWEEPS = (3.0, 15.0)
 RECOVERY_MIN_AGE = 2.0
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, which keeps a message whose recording as held may have failed.
+
+    kombu records a message it took off the queue in ``unacked`` (one MULTI) and only then in
+    memory as delivered. When Redis stops right after running that MULTI (SIGTERM, SHUTDOWN:
+    it saves its data and exits without sending the answer), the MULTI raises a connection
+    error: the message is in ``unacked`` but held by nobody, so neither kombu nor the ledger's
+    sweeper (which leaves whatever is in ``unacked`` to its holder) returns it before the
+    visibility timeout (1 h). Kept in memory anyway, it is taken as held when the connection
+    is lost and handed back (restored from ``unacked`` if it is there, published again if not).
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except BaseException:
+            if delivery_tag not in self._delivered:
+                virtual.QoS.append(self, message, delivery_tag)
+            raise
+
+
+# The worker is the only consumer; kombu's Redis channel builds its QoS from this attribute.
+kombu_redis.Channel.QoS = QoS
 
 
 def lost_channels(connection: Any) -> list[Any]:
