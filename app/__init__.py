@@ -30,6 +30,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from app import (
         changes,
+        erasures,
         health,
         messages,
         openapi,
@@ -42,6 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(changes.bp)
+    app.register_blueprint(erasures.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(openapi.bp)
@@ -50,4 +52,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(operations.deadletters_cli)
     app.cli.add_command(operations.export)
     app.cli.add_command(subscriptions.subscriptions_cli)
+    app.cli.add_command(erasures.erase_cli)
     return app

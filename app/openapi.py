@@ -208,6 +208,8 @@ def build_spec() -> dict[str, Any]:
         "QuarantineList",
         "DeadLetter",
         "DeadLetterList",
+        "ErasureRequest",
+        "Erasure",
     ):
         spec.components.schema(name, schema=getattr(api, f"{name}Schema"))
 
@@ -359,6 +361,22 @@ def build_spec() -> dict[str, Any]:
                 }
             },
         )
+    spec.path(
+        "/erasures",
+        operations={
+            "post": {
+                "summary": "Erase everything kept about one phone number (LGPD, GDPR)",
+                "security": BEARER,
+                "requestBody": body("ErasureRequest"),
+                "responses": {
+                    "201": answer("done: what was removed and anonymised, per table", "Erasure"),
+                    "400": answer("not a phone number, named in errors"),
+                    "401": ERRORS["401"],
+                    "503": answer("the database is unavailable"),
+                },
+            }
+        },
+    )
     spec.path(
         "/healthz",
         operations={"get": {"summary": "Liveness", "responses": {"200": answer("up", "Health")}}},

@@ -228,3 +228,26 @@ class DeadLetterSchema(Schema):
 
 class DeadLetterListSchema(Schema):
     items = fields.List(fields.Nested(DeadLetterSchema), required=True)
+
+
+class ErasureRequestSchema(Schema):
+    phone = fields.String(
+        required=True,
+        metadata={"description": "the number, with country code, in any format"},
+    )
+
+
+class ErasureSchema(Schema):
+    """What an erasure did: never the number."""
+
+    id = fields.Integer(required=True)
+    erased_at = fields.DateTime(required=True)
+    rows = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.Integer()),
+        required=True,
+        metadata={
+            "description": "removed: the person's own messages and their history, per table; "
+            "anonymised: rows where the number was replaced by a random token, per table"
+        },
+    )

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from app import create_app
 from embedded import EmbeddedPostgres, EmbeddedRedis
+from schemas.events import StatusEvent
 from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each, url_signature
 from schemas.registry import FORM, REGISTRY
 from workers.celery_app import QUEUE
@@ -54,7 +56,7 @@ VERIFY_TOKENS = {"meta": OTHER_SECRETS["META_VERIFY_TOKENS"]}
 API_TOKEN = "api-secret-for-tests"
 TABLES = (
     "changes, receipts, status_events, messages, quarantine, dead_letters, subscriptions, "
-    "deliveries"
+    "deliveries, erasures"
 )
 # The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
 TEST_CLIENT_BASE = "http://localhost"
@@ -94,6 +96,20 @@ def signed_post(
     digest = hmac.new(secret.encode(), raw, proof.digest).hexdigest()
     headers = {proof.header: f"{proof.prefix}{digest}", **headers}
     return client.post(path, data=raw, headers=headers, content_type="application/json", **kwargs)
+
+
+def event_now(message_id: str, status: str = "sent", **fields: Any) -> StatusEvent:
+    """A Z-API event that happens now (override any field)."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "provider": "zapi",
+        "message_id": message_id,
+        "status": status,
+        "raw_status": status.upper(),
+        "occurred_at": now,
+        "received_at": now,
+    }
+    return StatusEvent(**{**values, **fields})
 
 
 def load_fixture(provider: str, name: str) -> Any:

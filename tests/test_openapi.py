@@ -32,6 +32,7 @@ def test_the_document_is_served_and_names_every_endpoint(client):
         "/messages/{provider}/{message_id}",
         "/quarantine",
         "/dead-letters",
+        "/erasures",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -69,7 +70,7 @@ def test_every_answer_matches_the_document(app):
     # schemathesis' pytest plugin does not run under pytest 9: its hypothesis strategies do.
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 24
+    assert len(operations) == 25
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -69,6 +69,12 @@ class WorkerMetrics:
             "From a change's commit to its receiver's 2xx (the oldest change of a batch)",
             buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
         )
+        self.retention_removed = Counter(
+            "ticks_retention_removed",
+            "Rows removed by retention (workers/housekeeping.py), by table; "
+            "status_events_partitions counts the history's days dropped",
+            ["table"],
+        )
         self.apply_seconds = Histogram(
             "ticks_apply_duration_seconds",
             "Time to apply one batch of events in the database",

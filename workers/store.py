@@ -5,9 +5,12 @@ How a batch is applied, in one transaction:
    and two workers never deadlock on each other's batches.
 2. Per message, LOCK_MESSAGE upserts the row (creating it if new) and so holds its lock
    until commit: every event of that message in other transactions waits behind it.
-3. Per event, APPLY_EVENT inserts the history row (the unique constraint drops a repeat)
-   and, only if it was inserted, moves the message with ticks_next_status(). A group
-   participant's receipt is also kept in receipts, once per (participant, status).
+3. Per event, APPLY_EVENT inserts the history row unless the message's ``seen`` already holds
+   its status (a repeat: nothing is written), and, only if it was inserted, adds the status
+   to ``seen`` and moves the message with ticks_next_status(). The history is partitioned by
+   day (migrations/010), so the dedupe lives on the message row, read and written under its
+   lock. A group participant's receipt is also kept in receipts, once per (participant,
+   status).
 4. What took effect (the message moved, a failure believed, read_by_me recorded, a
    participant's furthest status advanced) is written to changes, the feed, in the same
    transaction.
@@ -49,7 +52,7 @@ ON CONFLICT (provider, message_id) DO UPDATE SET
 # are set only when the failure is believed.
 APPLY_EVENT = """
 WITH old AS (
-    SELECT status FROM messages
+    SELECT status, seen FROM messages
     WHERE provider = %(provider)s AND message_id = %(message_id)s
 ), ev AS (
     INSERT INTO status_events (provider, message_id, status, raw_status, occurred_at,
@@ -59,13 +62,14 @@ WITH old AS (
            %(status)s = 'read_by_me'
                OR ticks_next_status(old.status, %(status)s) IS DISTINCT FROM old.status
     FROM old
-    -- One group member's failure is not the message's: it is kept in receipts only.
-    WHERE NOT (%(participant)s::text IS NOT NULL AND %(status)s = 'failed')
-    ON CONFLICT ON CONSTRAINT status_events_once DO NOTHING
+    WHERE NOT %(status)s = ANY (old.seen)  -- the dedupe: a status is recorded once
+      -- One group member's failure is not the message's: it is kept in receipts only.
+      AND NOT (%(participant)s::text IS NOT NULL AND %(status)s = 'failed')
     RETURNING applied
 ), moved AS (
     UPDATE messages m SET
         status = ticks_next_status(m.status, %(status)s),
+        seen = array_append(m.seen, %(status)s::text),
         sent_at = CASE WHEN %(status)s = 'sent'
                        THEN COALESCE(m.sent_at, %(occurred_at)s) ELSE m.sent_at END,
         received_at = CASE WHEN %(status)s = 'received'
@@ -197,13 +201,19 @@ RESOLVE_QUARANTINE = {
 
 SELECT_MESSAGE = """
 SELECT provider, message_id, status, phone, chat_id, chat_kind, is_group, instance_id, sent_at,
-       received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, updated_at
+       received_at, read_at, played_at, failed_at, read_by_me_at, failure_reason, created_at,
+       updated_at
 FROM messages WHERE provider = %(provider)s AND message_id = %(message_id)s
 """
 
+# Only the days from its message's creation on (less a day: a transaction that began before
+# the message's and waited for its lock records an earlier created_at): the partitions before
+# are pruned, not searched.
 SELECT_EVENTS = """
 SELECT status, raw_status, occurred_at, received_at, applied
-FROM status_events WHERE provider = %(provider)s AND message_id = %(message_id)s
+FROM status_events
+WHERE provider = %(provider)s AND message_id = %(message_id)s
+  AND created_at >= %(created_at)s - interval '1 day'
 ORDER BY occurred_at, id
 """
 
@@ -478,7 +488,8 @@ def fetch_message(
         message = cur.execute(SELECT_MESSAGE, key).fetchone()
         if message is None:
             return None
-        message["events"] = cur.execute(SELECT_EVENTS, key).fetchall()
+        since = {**key, "created_at": message.pop("created_at")}
+        message["events"] = cur.execute(SELECT_EVENTS, since).fetchall()
         receipts = cur.execute(SELECT_RECEIPTS, key).fetchall()
     if message["chat_kind"] is None and message["chat_id"]:  # stored before chat kinds
         chat = chat_identity(message["chat_id"], is_group=message["is_group"])

@@ -14,6 +14,7 @@ from workers.celery_app import APPLY_EVENTS, BROKER, QUARANTINE, app
 from workers.db import get_pool
 from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
 from workers.health import Liveness
+from workers.housekeeping import Housekeeping
 from workers.metrics import metrics
 from workers.redact import mask_message_id, mask_phone
 from workers.store import Outcome
@@ -21,6 +22,7 @@ from workers.store import Outcome
 log = logging.getLogger(__name__)
 
 app.steps["consumer"].add(Liveness)
+app.steps["worker"].add(Housekeeping)
 if BROKER.name == "redis":
     app.steps["worker"].add(LedgerSweeper)
     app.steps["consumer"].add(recovery.Recover)

@@ -1,0 +1,237 @@
+"""Housekeeping (workers/housekeeping.py) on real PostgreSQL: the history's daily partitions
+created ahead and dropped after retention, on a clock moved days ahead; retention of every
+other table in batches that never wait for a worker's locks; and a real worker doing it."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from schemas.events import StatusEvent
+from tests.conftest import event_now, wait_for
+from workers import housekeeping, store, subscriptions
+from workers.housekeeping import Retention, ensure_partitions, partitions
+from workers.store import Outcome
+
+SHORT = Retention(history_days=2, message_days=4, partitions_ahead=3, batch_size=2)
+
+
+def event(message_id: str, status: str):
+    return event_now(message_id, status, phone="5511987654321")
+
+
+def apply(db: psycopg.Connection, *events: StatusEvent):
+    with db.transaction():
+        return store.apply_events(db, list(events))
+
+
+def today() -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def days_partitioned(db: psycopg.Connection) -> set:
+    return {day for day, _name, _pending in partitions(db)}
+
+
+@pytest.fixture
+def clock(db: psycopg.Connection, database_url: str):
+    """Runs housekeeping at a time moved ahead; afterwards the partitions around the real
+    today are there again (the migration's: 3 days back, 7 ahead) for the other tests."""
+
+    def run_at(moved: timedelta, settings: Retention = SHORT):
+        return housekeeping.run(database_url, settings, now=datetime.now(UTC) + moved)
+
+    yield run_at
+    first = today().date() - timedelta(days=3)
+    ensure_partitions(db, first, today().date() + timedelta(days=7))
+
+
+def test_partitions_are_made_ahead_and_old_days_dropped_as_the_days_go_by(db, clock):
+    start = today()
+    # History on each of the last days (written there as the workers would have).
+    for back in range(3):
+        created = start - timedelta(days=back) + timedelta(hours=1)
+        db.execute(
+            "INSERT INTO status_events (provider, message_id, status, raw_status, occurred_at,"
+            " received_at, applied, created_at) VALUES ('zapi', %s, 'sent', 'SENT', %s, %s,"
+            " true, %s)",
+            (f"D{back}", created, created, created),
+        )
+    dropped = []
+    for ahead in range(6):
+        report = clock(timedelta(days=ahead))
+        assert report is not None
+        dropped += report.dropped
+        now = start + timedelta(days=ahead)
+        held = days_partitioned(db)
+        # Every day from now to PARTITION_DAYS_AHEAD ahead has its partition...
+        for n in range(SHORT.partitions_ahead + 1):
+            assert (now + timedelta(days=n)).date() in held
+        # ...and no day wholly older than HISTORY_RETENTION_DAYS is kept.
+        assert min(held) >= (now - timedelta(days=SHORT.history_days)).date()
+        kept = {row[0] for row in db.execute("SELECT message_id FROM status_events")}
+        assert kept == {
+            f"D{back}"
+            for back in range(3)
+            if (start - timedelta(days=back - 1)) > now - timedelta(days=SHORT.history_days)
+        }
+    assert {f"status_events_{start - timedelta(days=back):%Y%m%d}" for back in range(3)} <= set(
+        dropped
+    )
+    assert not db.execute("SELECT 1 FROM status_events").fetchall()
+
+
+def test_the_rules_hold_for_a_message_whose_history_was_dropped(db, clock):
+    """The dedupe lives on the message row: a repeat of an event whose history row went with
+    its day is still a repeat, and the message still never moves backwards."""
+    assert apply(db, event("H1", "sent"), event("H1", "read"))[Outcome.APPLIED] == 2
+    clock(timedelta(days=SHORT.history_days + 1))  # today's history dropped; messages kept
+    assert db.execute("SELECT count(*) FROM status_events").fetchone() == (0,)
+    ensure_partitions(db, today().date(), today().date())  # the real today, for new events
+    assert apply(db, event("H1", "read")) == {Outcome.DUPLICATE: 1}
+    assert apply(db, event("H1", "received")) == {Outcome.REFUSED: 1}
+    assert store.fetch_message(db, "zapi", "H1")["status"] == "read"
+
+
+def test_every_table_keeps_its_rows_only_as_long_as_its_retention(db, clock):
+    now = datetime.now(UTC)
+    apply(db, event("OLD-1", "sent"), event("OLD-2", "sent"), event("OLD-3", "sent"))
+    apply(db, event("NEW-1", "sent"))
+    db.execute(
+        "UPDATE messages SET created_at = %s, updated_at = %s WHERE message_id LIKE 'OLD-%%'",
+        (now - timedelta(days=200), now - timedelta(days=190)),
+    )
+    # A message created long ago but updated since is kept.
+    db.execute(
+        "UPDATE messages SET created_at = %s WHERE message_id = 'NEW-1'",
+        (now - timedelta(days=300),),
+    )
+    quarantine = [
+        ("pending-old", now - timedelta(days=31), None),
+        ("pending-new", now - timedelta(days=29), None),
+        ("replayed-old", now - timedelta(days=20), now - timedelta(days=8)),
+        ("replayed-new", now - timedelta(days=20), now - timedelta(days=6)),
+    ]
+    for request_id, received, replayed in quarantine:
+        db.execute(
+            "INSERT INTO quarantine (request_id, provider, reason, errors, raw_body,"
+            " received_at, replayed_at) VALUES (%s, 'zapi', 'invalid', '{}', '{}', %s, %s)",
+            (request_id, received, replayed),
+        )
+    for task_id, created, replayed in [
+        ("dl-old", now - timedelta(days=31), None),
+        ("dl-new", now - timedelta(days=29), None),
+        ("dl-replayed", now - timedelta(days=9), now - timedelta(days=8)),
+    ]:
+        db.execute(
+            "INSERT INTO dead_letters (task_id, task_name, payload, error, deliveries,"
+            " created_at, replayed_at) VALUES (%s, 'ticks.apply_events', '[]', 'x', 1, %s, %s)",
+            (task_id, created, replayed),
+        )
+    db.execute("UPDATE changes SET created_at = %s", (now - timedelta(days=8),))
+    sub, _ = subscriptions.create(db, "https://example.com/hook", None, None, 1)
+    # The subscription has read the first two changes only: the rest wait for it.
+    first_two = db.execute("SELECT txid, id FROM changes ORDER BY id LIMIT 2").fetchall()
+    db.execute(
+        "UPDATE subscriptions SET cursor_txid = %s, cursor_id = %s WHERE id = %s",
+        (*first_two[-1], sub),
+    )
+    for delivered, dead in [
+        (now - timedelta(days=8), None),
+        (now - timedelta(days=6), None),
+        (None, now - timedelta(days=31)),
+        (None, None),
+    ]:
+        db.execute(
+            "INSERT INTO deliveries (subscription_id, lane, body, change_count, first_change_at,"
+            " expires_at, delivered_at, dead_at) VALUES (%s, 0, '{}', 1, now(), now(), %s, %s)",
+            (sub, delivered, dead),
+        )
+
+    report = clock(timedelta(0), Retention(batch_size=2))
+
+    assert report.removed["messages"] == 3
+    assert [r[0] for r in db.execute("SELECT message_id FROM messages")] == ["NEW-1"]
+    assert {r[0] for r in db.execute("SELECT request_id FROM quarantine")} == {
+        "pending-new",
+        "replayed-new",
+    }
+    assert {r[0] for r in db.execute("SELECT task_id FROM dead_letters")} == {"dl-new"}
+    assert report.removed["changes"] == 2
+    assert db.execute("SELECT count(*) FROM changes").fetchone() == (2,)
+    assert report.removed["deliveries"] == 2
+    assert db.execute(
+        "SELECT count(*) FROM deliveries WHERE delivered_at IS NULL AND dead_at IS NULL"
+    ).fetchone() == (1,)
+
+
+def test_retention_never_waits_for_a_row_a_worker_holds(db, database_url, clock):
+    apply(db, event("HELD", "sent"), event("FREE", "sent"))
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    db.execute("UPDATE messages SET created_at = %s, updated_at = %s", (long_ago, long_ago))
+    worker = psycopg.connect(database_url)
+    try:
+        worker.execute("SELECT 1 FROM messages WHERE message_id = 'HELD' FOR UPDATE")
+        done = threading.Event()
+        result = {}
+
+        def run():
+            result["report"] = clock(timedelta(0), Retention())
+            done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+        assert done.wait(30), "retention waited for the worker's lock"
+        assert result["report"].removed["messages"] == 1
+        assert [r[0] for r in db.execute("SELECT message_id FROM messages")] == ["HELD"]
+    finally:
+        worker.rollback()
+        worker.close()
+    assert clock(timedelta(0), Retention()).removed["messages"] == 1
+
+
+def test_one_housekeeper_at_a_time(db, database_url, clock):
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (housekeeping.ADVISORY_LOCK_ID,))
+        assert clock(timedelta(0)) is None
+    assert clock(timedelta(0)) is not None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HISTORY_RETENTION_DAYS": "0"}, "HISTORY_RETENTION_DAYS must be a whole number"),
+        ({"CHANGES_RETENTION_DAYS": "1.5"}, "CHANGES_RETENTION_DAYS must be a whole number"),
+        (
+            {"PARTITION_DAYS_AHEAD": "1"},
+            "PARTITION_DAYS_AHEAD must be a whole number of days from 2",
+        ),
+        ({"RETENTION_BATCH_SIZE": "many"}, "RETENTION_BATCH_SIZE must be a whole number of rows"),
+        (
+            {"HISTORY_RETENTION_DAYS": "200", "MESSAGE_RETENTION_DAYS": "100"},
+            r"MESSAGE_RETENTION_DAYS \(100\) must be at least HISTORY_RETENTION_DAYS \(200\)",
+        ),
+    ],
+)
+def test_a_bad_retention_setting_stops_the_start_naming_it(env, message):
+    with pytest.raises(RuntimeError, match=message):
+        Retention.from_env(env)
+
+
+def test_the_defaults():
+    settings = Retention.from_env({})
+    assert (settings.history_days, settings.message_days, settings.partitions_ahead) == (90, 180, 7)
+
+
+def test_a_worker_makes_the_partitions_ahead_when_it_starts(db, start_worker):
+    """A worker that was down for days finds its partitions: it makes them at start."""
+    ahead = [today().date() + timedelta(days=n) for n in range(1, 8)]
+    for day in ahead:
+        db.execute(f"ALTER TABLE status_events DETACH PARTITION status_events_{day:%Y%m%d}")
+        db.execute(f"DROP TABLE status_events_{day:%Y%m%d}")
+    assert not set(ahead) & days_partitioned(db)
+    start_worker()
+    wait_for(lambda: set(ahead) <= days_partitioned(db), timeout=30)

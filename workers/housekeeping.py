@@ -1,0 +1,324 @@
+"""Housekeeping: the history's daily partitions and the retention of everything Ticks keeps.
+
+- The history (status_events) is partitioned by day, UTC (migrations/010). Partitions are
+  created PARTITION_DAYS_AHEAD days ahead and dropped a whole day at a time once the day is
+  older than HISTORY_RETENTION_DAYS: detached CONCURRENTLY (a lock inserting workers do not
+  wait for), then dropped.
+- Every other table loses its expired rows in batches of RETENTION_BATCH_SIZE, each batch its
+  own short transaction; rows a worker has locked are skipped (SKIP LOCKED), never waited for,
+  and taken on the next run. Messages go when not updated for MESSAGE_RETENTION_DAYS (with
+  their group receipts), quarantined bodies and dead letters when pending for
+  QUARANTINE_RETENTION_DAYS / DEAD_LETTER_RETENTION_DAYS or resolved (replayed, discarded)
+  for the shorter *_RESOLVED_RETENTION_DAYS, the change feed after CHANGES_RETENTION_DAYS
+  once every subscription has read it, deliveries once delivered for
+  DELIVERY_RETENTION_DAYS (dead ones after DEAD_LETTER_RETENTION_DAYS).
+
+It runs in the status worker's main process, in a thread of its own: at start (so a worker
+that was down for days finds its partitions) and every HOUSEKEEPING_INTERVAL seconds. With
+many workers, one does it at a time (a session advisory lock); the others skip that round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
+
+import psycopg
+from celery import bootsteps
+
+log = logging.getLogger(__name__)
+
+ADVISORY_LOCK_ID = 0x7469636B_686F7573  # "tickhous": one housekeeper at a time
+PARTITION = re.compile(r"^status_events_(\d{8})$")
+# The longest a housekeeping statement waits for a lock before giving up for this round.
+LOCK_TIMEOUT = "2s"
+PAUSE_BETWEEN_BATCHES = 0.05  # seconds: the workers' transactions go first
+
+
+def whole(env: Mapping[str, str], name: str, default: int, least: int, most: int, unit: str) -> int:
+    """A setting that is a whole number from ``least`` to ``most``, or fail naming it."""
+    raw = env.get(name, str(default)).strip()
+    if not raw.isdigit() or not least <= int(raw) <= most:
+        raise RuntimeError(
+            f"{name} must be a whole number of {unit} from {least} to {most}, not {raw!r}"
+        )
+    return int(raw)
+
+
+def days(env: Mapping[str, str], name: str, default: int, least: int = 1) -> int:
+    """A setting in whole days, from ``least`` to ten years."""
+    return whole(env, name, default, least, 3650, "days")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long each kind of row is kept (days), and how housekeeping goes about it."""
+
+    history_days: int = 90
+    message_days: int = 180
+    quarantine_days: int = 30
+    quarantine_resolved_days: int = 7
+    dead_letter_days: int = 30
+    dead_letter_resolved_days: int = 7
+    changes_days: int = 7
+    delivery_days: int = 7
+    partitions_ahead: int = 7
+    batch_size: int = 1000
+    interval: int = 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Retention:
+        d = cls()
+        settings = cls(
+            history_days=days(env, "HISTORY_RETENTION_DAYS", d.history_days),
+            message_days=days(env, "MESSAGE_RETENTION_DAYS", d.message_days),
+            quarantine_days=days(env, "QUARANTINE_RETENTION_DAYS", d.quarantine_days),
+            quarantine_resolved_days=days(
+                env, "QUARANTINE_RESOLVED_RETENTION_DAYS", d.quarantine_resolved_days
+            ),
+            dead_letter_days=days(env, "DEAD_LETTER_RETENTION_DAYS", d.dead_letter_days),
+            dead_letter_resolved_days=days(
+                env, "DEAD_LETTER_RESOLVED_RETENTION_DAYS", d.dead_letter_resolved_days
+            ),
+            changes_days=days(env, "CHANGES_RETENTION_DAYS", d.changes_days),
+            delivery_days=days(env, "DELIVERY_RETENTION_DAYS", d.delivery_days),
+            partitions_ahead=days(env, "PARTITION_DAYS_AHEAD", d.partitions_ahead, least=2),
+            batch_size=whole(env, "RETENTION_BATCH_SIZE", d.batch_size, 1, 100000, "rows"),
+            interval=whole(env, "HOUSEKEEPING_INTERVAL", d.interval, 1, 86400, "seconds"),
+        )
+        if settings.message_days < settings.history_days:
+            # The message row holds the dedupe (seen): without it, a late repeat of an event
+            # still in the history would be recorded again.
+            raise RuntimeError(
+                f"MESSAGE_RETENTION_DAYS ({settings.message_days}) must be at least "
+                f"HISTORY_RETENTION_DAYS ({settings.history_days}): a message keeps the "
+                "record of what its history holds"
+            )
+        return settings
+
+
+# Each statement deletes one batch and returns how many rows it removed (per table).
+EXPIRE: dict[str, str] = {
+    # Not updated since the cutoff; found along messages_created (created_at <= updated_at),
+    # since an index on updated_at would cost every status update its HOT update.
+    "messages": """
+WITH doomed AS (
+    SELECT provider, message_id FROM messages
+    WHERE created_at < %(message_cutoff)s AND updated_at < %(message_cutoff)s
+    ORDER BY created_at, provider, message_id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), gone_receipts AS (
+    DELETE FROM receipts r USING doomed d
+    WHERE r.provider = d.provider AND r.message_id = d.message_id
+)
+DELETE FROM messages m USING doomed d
+WHERE m.provider = d.provider AND m.message_id = d.message_id
+""",
+    "quarantine": """
+DELETE FROM quarantine WHERE id IN (
+    SELECT id FROM quarantine
+    WHERE (replayed_at IS NULL AND discarded_at IS NULL AND received_at < %(quarantine_cutoff)s)
+       OR COALESCE(replayed_at, discarded_at) < %(quarantine_resolved_cutoff)s
+    ORDER BY id LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+""",
+    "dead_letters": """
+DELETE FROM dead_letters WHERE id IN (
+    SELECT id FROM dead_letters
+    WHERE (replayed_at IS NULL AND created_at < %(dead_letter_cutoff)s)
+       OR replayed_at < %(dead_letter_resolved_cutoff)s
+    ORDER BY id LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+""",
+    # The feed is appended in id order: only its oldest rows are looked at, and those every
+    # subscription has read (its cursor at or past them) and older than the cutoff go.
+    "changes": """
+DELETE FROM changes WHERE id IN (
+    SELECT id FROM (SELECT id, txid, created_at FROM changes ORDER BY id LIMIT %(batch)s) AS c
+    WHERE created_at < %(changes_cutoff)s
+      AND NOT EXISTS (
+          SELECT FROM subscriptions s WHERE (c.txid, c.id) > (s.cursor_txid, s.cursor_id)
+      )
+)
+""",
+    "deliveries": """
+DELETE FROM deliveries WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE delivered_at < %(delivery_cutoff)s OR dead_at < %(dead_letter_cutoff)s
+    ORDER BY id LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+""",
+}
+
+LIST_PARTITIONS = """
+SELECT c.relname, i.inhdetachpending
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'status_events'::regclass
+ORDER BY c.relname
+"""
+
+
+def partitions(conn: psycopg.Connection) -> list[tuple[date, str, bool]]:
+    """The history's partitions: (day, table name, detach pending), oldest first."""
+    found = []
+    for name, pending in conn.execute(LIST_PARTITIONS):
+        match = PARTITION.match(name)
+        if match:
+            found.append((datetime.strptime(match[1], "%Y%m%d").date(), name, pending))
+    return found
+
+
+def ensure_partitions(conn: psycopg.Connection, first: date, last: date) -> list[str]:
+    """Create the history's partitions of the days from ``first`` to ``last`` that are
+    missing; return their names."""
+    created = []
+    day = first
+    while day <= last:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            row = conn.execute("SELECT ticks_history_partition(%s)", (day,)).fetchone()
+        if row and row[0]:
+            created.append(f"status_events_{day:%Y%m%d}")
+        day += timedelta(days=1)
+    return created
+
+
+def drop_partitions(conn: psycopg.Connection, cutoff: datetime) -> list[str]:
+    """Drop the history's partitions whose whole day is older than ``cutoff``; return them.
+
+    ``conn`` is in autocommit: DETACH ... CONCURRENTLY runs outside a transaction block. One
+    interrupted half-way stays "detach pending" and is finished (FINALIZE) on the next run.
+    """
+    dropped = []
+    for day, name, pending in partitions(conn):
+        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+        if end > cutoff:
+            continue
+        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        how = "FINALIZE" if pending else "CONCURRENTLY"
+        conn.execute(f'ALTER TABLE status_events DETACH PARTITION "{name}" {how}')
+        conn.execute(f'DROP TABLE "{name}"')
+        dropped.append(name)
+    return dropped
+
+
+def expire(conn: psycopg.Connection, now: datetime, settings: Retention) -> dict[str, int]:
+    """Delete every expired row, a batch per transaction; return how many per table."""
+    params = {
+        "batch": settings.batch_size,
+        "message_cutoff": now - timedelta(days=settings.message_days),
+        "quarantine_cutoff": now - timedelta(days=settings.quarantine_days),
+        "quarantine_resolved_cutoff": now - timedelta(days=settings.quarantine_resolved_days),
+        "dead_letter_cutoff": now - timedelta(days=settings.dead_letter_days),
+        "dead_letter_resolved_cutoff": now - timedelta(days=settings.dead_letter_resolved_days),
+        "changes_cutoff": now - timedelta(days=settings.changes_days),
+        "delivery_cutoff": now - timedelta(days=settings.delivery_days),
+    }
+    removed = dict.fromkeys(EXPIRE, 0)
+    for table, statement in EXPIRE.items():
+        while True:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                count = conn.execute(statement, params).rowcount
+            removed[table] += count
+            if count < settings.batch_size:
+                break
+            time.sleep(PAUSE_BETWEEN_BATCHES)
+    return removed
+
+
+@dataclass
+class Report:
+    """What one housekeeping run did."""
+
+    created: list[str]
+    dropped: list[str]
+    removed: dict[str, int]
+
+
+def run(
+    conninfo: str, settings: Retention | None = None, now: datetime | None = None
+) -> Report | None:
+    """One housekeeping run; None when another process is doing one. ``now`` is the
+    database's clock unless given (tests move it)."""
+    settings = settings or Retention.from_env()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_ID,)).fetchone()
+        if not locked or not locked[0]:
+            return None
+        try:
+            if now is None:
+                now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            assert now is not None
+            today = now.astimezone(UTC).date()
+            created = ensure_partitions(
+                conn, today, today + timedelta(days=settings.partitions_ahead)
+            )
+            dropped = drop_partitions(conn, now - timedelta(days=settings.history_days))
+            removed = expire(conn, now, settings)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
+    removed["status_events_partitions"] = len(dropped)
+    return Report(created, dropped, removed)
+
+
+class Housekeeping(bootsteps.StartStopStep):
+    """In a worker that consumes the status queue: housekeeping in a thread of its own."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+
+    def include_if(self, worker: Any) -> bool:
+        from workers.celery_app import QUEUE
+
+        return QUEUE in worker.app.amqp.queues.consume_from
+
+    def start(self, worker: Any) -> None:
+        from workers.db import database_url
+
+        self.settings = Retention.from_env()
+        self.conninfo = database_url()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, name="ticks-housekeeping", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker: Any) -> None:
+        if hasattr(self, "stopping"):
+            self.stopping.set()
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            self.round()
+            self.stopping.wait(self.settings.interval)
+
+    def round(self) -> None:
+        try:
+            report = run(self.conninfo, self.settings)
+        except Exception as exc:  # the next round tries again; the worker goes on
+            log.warning(
+                "housekeeping failed (tried again in %g s): %s", self.settings.interval, exc
+            )
+            return
+        if report is None:
+            return
+        from workers.metrics import metrics
+
+        for table, count in report.removed.items():
+            if count:
+                metrics().retention_removed.labels(table).inc(count)
+        log.info(
+            "housekeeping: partitions created %s, dropped %s; rows removed %s",
+            ",".join(report.created) or "none",
+            ",".join(report.dropped) or "none",
+            " ".join(f"{table}={count}" for table, count in report.removed.items()),
+        )
