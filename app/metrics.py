@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 from celery import Celery
@@ -24,12 +25,13 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from app.auth import require_api_token
 from app.config import CELERY_EXTENSION
 from schemas.registry import PROVIDERS
-from workers import broker, subscriptions
+from workers import broker, housekeeping, subscriptions
 from workers.db import get_pool
 
 bp = Blueprint("metrics", __name__)
@@ -165,6 +167,55 @@ class SubscriptionCollector:
         yield from families.values()
 
 
+OLDEST_KEPT = """
+SELECT now() AS now,
+       (SELECT created_at FROM messages ORDER BY created_at, provider, message_id LIMIT 1)
+           AS messages,
+       (SELECT min(received_at) FROM quarantine) AS quarantine,
+       (SELECT created_at FROM dead_letters ORDER BY id LIMIT 1) AS dead_letters,
+       (SELECT created_at FROM changes ORDER BY id LIMIT 1) AS changes,
+       (SELECT created_at FROM deliveries ORDER BY id LIMIT 1) AS deliveries
+"""
+
+
+class RetentionCollector:
+    """What housekeeping (workers/housekeeping.py) keeps, at scrape time: the age of the oldest
+    row of each table (the history's: its oldest day), and how many days ahead the history
+    has partitions for (none for a day means its events cannot be recorded)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with get_pool(self.database_url).connection(timeout=SNAPSHOT_TIMEOUT) as conn:
+                conn.execute(f"SET LOCAL statement_timeout = {int(SNAPSHOT_TIMEOUT * 1000)}")
+                with conn.cursor(row_factory=dict_row) as cur:
+                    oldest = cur.execute(OLDEST_KEPT).fetchone() or {}
+                days = [day for day, _name, _pending in housekeeping.partitions(conn)]
+        except (psycopg.Error, PoolTimeout):
+            return
+        now = oldest.pop("now")
+        if days:
+            oldest["status_events"] = datetime.combine(days[0], datetime.min.time(), UTC)
+        ages = GaugeMetricFamily(
+            "ticks_retention_oldest_seconds",
+            "Age of the oldest row kept, per table (status_events: the start of its oldest day)",
+            labels=["table"],
+        )
+        for table, moment in oldest.items():
+            if moment is not None:
+                ages.add_metric([table], max(0.0, (now - moment).total_seconds()))
+        yield ages
+        ahead = GaugeMetricFamily(
+            "ticks_history_partitions_ahead_days",
+            "Days after today the history has partitions for (housekeeping keeps "
+            "PARTITION_DAYS_AHEAD); at 0, tomorrow's events would have nowhere to go",
+        )
+        ahead.add_metric([], (days[-1] - now.astimezone(UTC).date()).days if days else -1)
+        yield ahead
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Expose every metric in Prometheus' text format."""
@@ -176,6 +227,7 @@ def metrics() -> Response:
     queue = CollectorRegistry()
     queue.register(QueueCollector(current_app.extensions[CELERY_EXTENSION]))
     queue.register(SubscriptionCollector(current_app.config["DATABASE_URL"]))
+    queue.register(RetentionCollector(current_app.config["DATABASE_URL"]))
     return Response(
         generate_latest(registry) + generate_latest(queue), mimetype=CONTENT_TYPE_LATEST
     )

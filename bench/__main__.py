@@ -14,6 +14,9 @@
 5. Status page: GET / (uncached) over BENCH_STATUS_EVENTS events recorded in the last 48 hours,
    against a bare count of the last 24 hours' events; and migration 004's indexes built on
    that data, against one full scan of the events.
+6. Scale: the store's apply rate, GET /messages/... p99 and the status page with 10 million
+   history rows over 60 days against 100 thousand, and the apply rate while housekeeping
+   runs (bench/scale.py).
 Only with BENCH_ONLY=indexes: the store's apply rate with migration 004's indexes, against
 the same without them (what the status page costs the hot path).
 Servers are embedded (a temporary PostgreSQL and Redis with AOF), like `make run`'s.
@@ -59,6 +62,7 @@ from bench.common import (
     wrk,
 )
 from bench.rabbitmq import bench_rabbitmq
+from bench.scale import bench_scale
 from bench.subscription import bench_subscription
 from bench.sustained import bench_sustained
 from embedded import EmbeddedPostgres, EmbeddedRedis
@@ -682,6 +686,38 @@ def markdown(results: dict[str, Any]) -> str:
                 "",
             ),
         ]
+    scale = results["scale"]
+    big, small = (f"{scale['events'][k] / 1e6:g} M" for k in ("large", "small"))
+    rows += [
+        (
+            f"Scale: store apply rate with {big} history rows over 60 days, events/s",
+            f"{scale['apply_per_second']['large']}",
+            f"{small} rows: {scale['apply_per_second']['small']}",
+            f"{scale['apply_ratio']}x",
+            ">= 0.9x",
+        ),
+        (
+            f"Scale: GET /messages/... p99 at {big} rows, ms",
+            f"{scale['reads']['large']['message_p99_ms']}",
+            f"{small} rows: {scale['reads']['small']['message_p99_ms']}",
+            f"{scale['message_p99_ratio']}x",
+            "",
+        ),
+        (
+            f"Scale: status page (uncached) at {big} rows, ms",
+            f"{scale['reads']['large']['status_page_ms']}",
+            f"{small} rows: {scale['reads']['small']['status_page_ms']}",
+            f"{scale['status_page_ratio']}x",
+            "",
+        ),
+        (
+            f"Scale: apply rate while housekeeping runs at {big} rows, events/s",
+            f"{scale['housekeeping']['during_per_second']}",
+            f"just before {scale['housekeeping']['before_per_second']}",
+            f"{scale['housekeeping']['ratio']}x",
+            "",
+        ),
+    ]
     lines = ["| Measure | Ticks | Reference | Ratio | Target |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + f"\n\nMeasured {results['when']} on {results['machine']}.\n"
@@ -723,6 +759,7 @@ def main() -> int:
             "subscription": bench_subscription,
             "rabbitmq": bench_rabbitmq,
             "status_page": bench_status_page,
+            "scale": bench_scale,
         }
         # Run only when named in BENCH_ONLY, and then printed, not kept.
         extras = {"indexes": bench_indexes}

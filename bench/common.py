@@ -24,7 +24,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "300"))
 STATUS_EVENTS = int(os.environ.get("BENCH_STATUS_EVENTS", "3000000"))
 ONLY = os.environ.get(
-    "BENCH_ONLY", "ingest,drain,end_to_end,sustained,subscription,rabbitmq,status_page"
+    "BENCH_ONLY", "ingest,drain,end_to_end,sustained,subscription,rabbitmq,status_page,scale"
 ).split(",")
 TOKEN = "bench-token"
 WORKER_CONCURRENCY = "2"

@@ -4,6 +4,7 @@ other table in batches that never wait for a worker's locks; and a real worker d
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -235,3 +236,16 @@ def test_a_worker_makes_the_partitions_ahead_when_it_starts(db, start_worker):
     assert not set(ahead) & days_partitioned(db)
     start_worker()
     wait_for(lambda: set(ahead) <= days_partitioned(db), timeout=30)
+
+
+def test_metrics_show_what_is_kept_and_the_partitions_ahead(db, client):
+    from tests.conftest import API_TOKEN
+
+    apply(db, event("MX", "sent"))
+    db.execute("UPDATE messages SET created_at = now() - interval '2 days'")
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}).text
+    ahead = float(re.search(r"^ticks_history_partitions_ahead_days (\S+)$", text, re.M)[1])
+    assert ahead >= 7  # the migration's, then housekeeping's PARTITION_DAYS_AHEAD
+    age = re.search(r'^ticks_retention_oldest_seconds\{table="messages"\} (\S+)$', text, re.M)
+    assert 2 * 86400 - 60 < float(age[1]) < 2 * 86400 + 60
+    assert re.search(r'^ticks_retention_oldest_seconds\{table="status_events"\} ', text, re.M)

@@ -307,3 +307,23 @@ def test_the_pool_follows_the_database_asked_for(database_url, postgres_url):
         name = conn.execute("SELECT current_database()").fetchone()[0]
     assert name == conninfo_to_dict(postgres_url).get("dbname", "postgres")
     close_pool()
+
+
+def test_the_message_lock_is_held_even_when_nothing_about_the_message_changes(db, database_url):
+    """The dedupe reads the message row's seen statuses under its lock, so LOCK_MESSAGE must
+    lock a row it has nothing to fill (it does not rewrite it): another transaction cannot
+    take that row until this one ends."""
+    apply(db, event("sent"))  # the message exists, every identity field it will get filled
+    identity = store.merged_identity([event("read")])
+    with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
+        first.execute(store.LOCK_MESSAGE, identity)
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            second.execute(
+                "SELECT 1 FROM messages WHERE provider = 'zapi' AND message_id = 'M1'"
+                " FOR UPDATE NOWAIT"
+            )
+        first.rollback()
+    [(xmin_before,)] = db.execute("SELECT xmin::text FROM messages").fetchall()
+    with db.transaction():
+        db.execute(store.LOCK_MESSAGE, identity)
+    assert db.execute("SELECT xmin::text FROM messages").fetchall() == [(xmin_before,)]
