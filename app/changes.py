@@ -53,12 +53,33 @@ def read(after: tuple[int, int], limit: int) -> list[dict[str, Any]]:
         return store.fetch_changes(conn, after, limit)
 
 
+def check_not_expired(after: tuple[int, int]) -> None:
+    """A cursor from before the changes retention removed: 410, or its reader would go on
+    unaware of what it missed."""
+    if after == (0, 0):
+        return
+    with reading() as conn:
+        horizon = store.feed_horizon(conn)
+    if horizon is not None and after < horizon:
+        raise ApiError(
+            410,
+            "cursor expired",
+            errors={
+                "after": [
+                    "changes after this cursor were removed (CHANGES_RETENTION_DAYS): read "
+                    "again from 0 (the oldest kept), and reconcile with GET /messages"
+                ]
+            },
+        )
+
+
 @bp.get("/changes")
 def changes() -> Response:
     """Changes after ``after`` in commit order, at most ``limit``; with ``wait``, wait up to
     that many seconds for the first one."""
     require_api_token()
     cursor, after, limit, wait = changes_query(request.args)
+    check_not_expired(after)
     rows = read(after, limit)
     if not rows and wait > 0:
         semaphore = waiters()

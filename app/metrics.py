@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from celery import Celery
@@ -120,9 +121,9 @@ class QueueCollector:
             )
 
 
-class SubscriptionCollector:
-    """Outbound webhooks at scrape time, per subscription: what waits, for how long, what was
-    given up on, and whether its circuit is open (from the database)."""
+class DatabaseCollector:
+    """Metrics read from the database at scrape time, within SNAPSHOT_TIMEOUT; none when it
+    does not answer (the database's own absence shows on /healthz and the status page)."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
@@ -131,10 +132,27 @@ class SubscriptionCollector:
         try:
             with get_pool(self.database_url).connection(timeout=SNAPSHOT_TIMEOUT) as conn:
                 conn.execute(f"SET LOCAL statement_timeout = {int(SNAPSHOT_TIMEOUT * 1000)}")
-                rows = subscriptions.overview(conn)
-                now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+                data = self.read(conn)
         except (psycopg.Error, PoolTimeout):
-            return  # the database's own absence shows on /healthz and the status page
+            return
+        yield from self.families(data)
+
+    def read(self, conn: psycopg.Connection) -> Any:
+        raise NotImplementedError
+
+    def families(self, data: Any) -> Iterator[GaugeMetricFamily]:
+        raise NotImplementedError
+
+
+class SubscriptionCollector(DatabaseCollector):
+    """Outbound webhooks at scrape time, per subscription: what waits, for how long, what was
+    given up on, and whether its circuit is open (from the database)."""
+
+    def read(self, conn: psycopg.Connection) -> Any:
+        return subscriptions.overview(conn), conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+
+    def families(self, data: Any) -> Iterator[GaugeMetricFamily]:
+        rows, now = data
         families = {
             "backlog": GaugeMetricFamily(
                 "ticks_delivery_backlog",
@@ -178,23 +196,18 @@ SELECT now() AS now,
 """
 
 
-class RetentionCollector:
+class RetentionCollector(DatabaseCollector):
     """What housekeeping (workers/housekeeping.py) keeps, at scrape time: the age of the oldest
     row of each table (the history's: its oldest day), and how many days ahead the history
     has partitions for (none for a day means its events cannot be recorded)."""
 
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
+    def read(self, conn: psycopg.Connection) -> Any:
+        with conn.cursor(row_factory=dict_row) as cur:
+            oldest = cur.execute(OLDEST_KEPT).fetchone() or {}
+        return oldest, [day for day, _name, _pending in housekeeping.partitions(conn)]
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            with get_pool(self.database_url).connection(timeout=SNAPSHOT_TIMEOUT) as conn:
-                conn.execute(f"SET LOCAL statement_timeout = {int(SNAPSHOT_TIMEOUT * 1000)}")
-                with conn.cursor(row_factory=dict_row) as cur:
-                    oldest = cur.execute(OLDEST_KEPT).fetchone() or {}
-                days = [day for day, _name, _pending in housekeeping.partitions(conn)]
-        except (psycopg.Error, PoolTimeout):
-            return
+    def families(self, data: Any) -> Iterator[GaugeMetricFamily]:
+        oldest, days = data
         now = oldest.pop("now")
         if days:
             oldest["status_events"] = datetime.combine(days[0], datetime.min.time(), UTC)

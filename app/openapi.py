@@ -314,6 +314,9 @@ def build_spec() -> dict[str, Any]:
                 "responses": {
                     "200": answer("changes, and the cursor to read on from", "ChangePage"),
                     "400": answer("a bad after, limit or wait, named in errors"),
+                    "410": answer(
+                        "after is older than changes retention removed: read again from 0"
+                    ),
                     "401": ERRORS["401"],
                     "503": answer("the database is unavailable"),
                 },

@@ -90,3 +90,11 @@ CREATE TABLE erasures (
     erased_at timestamptz NOT NULL DEFAULT now(),
     rows      jsonb       NOT NULL
 );
+
+-- The last change retention removed from the feed (workers/housekeeping.py): GET /changes
+-- answers 410 to a cursor before it, whose reader would otherwise miss changes unawares.
+CREATE TABLE feed_horizon (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    txid xid8    NOT NULL,
+    id   bigint  NOT NULL
+);

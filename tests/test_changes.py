@@ -118,6 +118,24 @@ def insert_change(conn, message_id):
     )
 
 
+def test_the_feed_is_in_transaction_order_when_ids_gain_a_digit(client, db):
+    """Transaction ids are numbers: 10 comes after 9, though "10" sorts before "9" as text
+    (the feed once sorted its text copy: a page from before 1000 to after it skipped changes
+    and the next repeated them; CI caught it where the test database crossed 999)."""
+    for txid, message_id in [(9, "NINE"), (10, "TEN"), (8, "EIGHT"), (100, "HUNDRED")]:
+        db.execute(
+            "INSERT INTO changes (txid, provider, message_id, status, occurred_at)"
+            " VALUES (%s::xid8, 'zapi', %s, 'sent', now())",
+            (str(txid), message_id),
+        )
+    seen, cursor = [], "0"
+    for _ in range(6):
+        page = client.get(f"/changes?after={cursor}&limit=1", headers=AUTH).get_json()
+        seen += [change["message_id"] for change in page["changes"]]
+        cursor = page["next"]
+    assert seen == ["EIGHT", "NINE", "TEN", "HUNDRED"]
+
+
 def test_a_transaction_that_commits_late_is_never_behind_the_cursor(client, db, database_url):
     """T1 writes first and commits last. A reader by plain `id > cursor` misses T1's change;
     the feed holds T2's back until T1 is done, then gives both."""

@@ -249,3 +249,23 @@ def test_metrics_show_what_is_kept_and_the_partitions_ahead(db, client):
     age = re.search(r'^ticks_retention_oldest_seconds\{table="messages"\} (\S+)$', text, re.M)
     assert 2 * 86400 - 60 < float(age[1]) < 2 * 86400 + 60
     assert re.search(r'^ticks_retention_oldest_seconds\{table="status_events"\} ', text, re.M)
+
+
+def test_a_feed_reader_behind_what_retention_removed_is_told_so(db, client, clock):
+    from tests.conftest import API_TOKEN
+
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    apply(db, event("F1", "sent"), event("F2", "sent"))
+    first = client.get("/changes?after=0&limit=1", headers=auth).get_json()
+    before_all = "1-0"  # a cursor from before every change
+    db.execute("UPDATE changes SET created_at = now() - interval '30 days'")
+    apply(db, event("F3", "sent"))  # recent: kept
+    assert clock(timedelta(0), Retention()).removed["changes"] == 2
+
+    expired = client.get(f"/changes?after={first['next']}", headers=auth)
+    assert expired.status_code == 410 and "after" in expired.get_json()["errors"]
+    assert client.get(f"/changes?after={before_all}", headers=auth).status_code == 410
+    # From the start: what is kept; from a cursor past what went: as ever.
+    kept = client.get("/changes?after=0", headers=auth).get_json()
+    assert [c["message_id"] for c in kept["changes"]] == ["F3"]
+    assert client.get(f"/changes?after={kept['next']}", headers=auth).status_code == 200

@@ -150,6 +150,7 @@ DELETE FROM changes WHERE id IN (
           SELECT FROM subscriptions s WHERE (c.txid, c.id) > (s.cursor_txid, s.cursor_id)
       )
 )
+RETURNING txid, id
 """,
     "deliveries": """
 DELETE FROM deliveries WHERE id IN (
@@ -160,6 +161,12 @@ DELETE FROM deliveries WHERE id IN (
 )
 """,
 }
+
+MOVE_FEED_HORIZON = """
+INSERT INTO feed_horizon (txid, id) VALUES (%(txid)s::xid8, %(id)s)
+ON CONFLICT (one) DO UPDATE SET txid = EXCLUDED.txid, id = EXCLUDED.id
+WHERE (EXCLUDED.txid, EXCLUDED.id) > (feed_horizon.txid, feed_horizon.id)
+"""
 
 LIST_PARTITIONS = """
 SELECT c.relname, i.inhdetachpending
@@ -230,7 +237,11 @@ def expire(conn: psycopg.Connection, now: datetime, settings: Retention) -> dict
         while True:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                count = conn.execute(statement, params).rowcount
+                cursor = conn.execute(statement, params)
+                count = cursor.rowcount
+                if table == "changes" and count:
+                    last = max(cursor.fetchall(), key=lambda row: (int(row[0]), row[1]))
+                    conn.execute(MOVE_FEED_HORIZON, {"txid": str(last[0]), "id": last[1]})
             removed[table] += count
             if count < settings.batch_size:
                 break
