@@ -372,9 +372,31 @@ def build_spec() -> dict[str, Any]:
                 "security": BEARER,
                 "requestBody": body("ErasureRequest"),
                 "responses": {
-                    "201": answer("done: what was removed and anonymised, per table", "Erasure"),
+                    "202": answer(
+                        "queued: a worker erases it; GET its Location for the outcome",
+                        "Erasure",
+                        headers={"Location": {"schema": {"type": "string"}}},
+                    ),
                     "400": answer("not a phone number, named in errors"),
                     "401": ERRORS["401"],
+                    "503": answer("the database or the broker is unavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/erasures/{id}",
+        operations={
+            "get": {
+                "summary": "An erasure: pending, or done with what it removed and anonymised",
+                "security": BEARER,
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                "responses": {
+                    "200": answer("the erasure", "Erasure"),
+                    "401": ERRORS["401"],
+                    "404": answer("no such erasure"),
                     "503": answer("the database is unavailable"),
                 },
             }

@@ -51,7 +51,10 @@ CREATE FUNCTION ticks_history_partition(day date) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     name text := 'status_events_' || to_char(day, 'YYYYMMDD');
+    -- Both bounds are midnights UTC, whatever the session's time zone (a day there can have
+    -- 23 or 25 hours: partitions would leave a gap or overlap at its daylight-saving change).
     low timestamptz := day::timestamp AT TIME ZONE 'UTC';
+    high timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('ticks_history_partition'));
     IF to_regclass(name) IS NOT NULL THEN
@@ -60,7 +63,7 @@ BEGIN
     EXECUTE format(
         'CREATE TABLE %I (LIKE status_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
     EXECUTE format('ALTER TABLE status_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
-                   name, low, low + interval '1 day');
+                   name, low, high);
     RETURN true;
 END
 $$;
@@ -83,12 +86,14 @@ SELECT id, provider, message_id, status, raw_status, occurred_at, received_at, a
 FROM status_events_unpartitioned;
 DROP TABLE status_events_unpartitioned;
 
--- Erasures by phone number (`flask --app app erase`, POST /erasures): that one happened,
--- when, and how many rows it removed or anonymised per table. Never the number.
+-- Erasures by phone number (`flask --app app erase`, POST /erasures): that one was asked
+-- for, when it was done, and how many rows it removed or anonymised per table. Never the
+-- number (a requested one travels in its task message only).
 CREATE TABLE erasures (
-    id        bigserial   PRIMARY KEY,
-    erased_at timestamptz NOT NULL DEFAULT now(),
-    rows      jsonb       NOT NULL
+    id           bigserial   PRIMARY KEY,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    erased_at    timestamptz,            -- NULL: requested, not done yet
+    rows         jsonb
 );
 
 -- The last change retention removed from the feed (workers/housekeeping.py): GET /changes
@@ -98,3 +103,10 @@ CREATE TABLE feed_horizon (
     txid xid8    NOT NULL,
     id   bigint  NOT NULL
 );
+
+-- An erasure (workers/erasure.py) may rewrite a group message's id that holds the erased
+-- number; its receipts follow it.
+ALTER TABLE receipts DROP CONSTRAINT receipts_provider_message_id_fkey;
+ALTER TABLE receipts ADD CONSTRAINT receipts_provider_message_id_fkey
+    FOREIGN KEY (provider, message_id) REFERENCES messages (provider, message_id)
+    ON UPDATE CASCADE;

@@ -238,16 +238,22 @@ class ErasureRequestSchema(Schema):
 
 
 class ErasureSchema(Schema):
-    """What an erasure did: never the number."""
+    """An erasure: never the number."""
 
     id = fields.Integer(required=True)
-    erased_at = fields.DateTime(required=True)
+    status = fields.String(
+        required=True, metadata={"description": "pending (a worker will do it) or done"}
+    )
+    requested_at = fields.DateTime(required=True)
+    erased_at = fields.DateTime(required=True, allow_none=True)
     rows = fields.Dict(
         keys=fields.String(),
         values=fields.Dict(keys=fields.String(), values=fields.Integer()),
         required=True,
+        allow_none=True,
         metadata={
-            "description": "removed: the person's own messages and their history, per table; "
-            "anonymised: rows where the number was replaced by a random token, per table"
+            "description": "once done: removed, the person's own messages and their history, "
+            "per table; anonymised, rows where the number was replaced by a random token, "
+            "per table"
         },
     )

@@ -8,7 +8,7 @@ import json
 import psycopg
 import pytest
 
-from tests.conftest import API_TOKEN, event_now
+from tests.conftest import API_TOKEN, event_now, free_port, make_app, wait_for
 from workers import store, subscriptions
 from workers.erasure import numbers, pattern
 
@@ -63,6 +63,27 @@ def everywhere(db):
                     is_group=True,
                     failure_reason=f"could not reach {PERSON}",
                 ),
+                # The same person's number in its old form, on the same group and status.
+                event(
+                    "G-1", "read", participant=f"{PERSON_OLD_FORM}@s.whatsapp.net", is_group=True
+                ),
+                # A WAHA group message (the group created by them: their number in its id).
+                event(
+                    f"true_{PERSON}-1600000000@g.us_3EB0BBBB",
+                    provider="waha",
+                    chat_id=f"{PERSON}-1600000000@g.us",
+                    chat_kind="group",
+                    is_group=True,
+                ),
+                event(
+                    f"true_{PERSON}-1600000000@g.us_3EB0BBBB",
+                    "read",
+                    provider="waha",
+                    participant=f"{OTHER}@c.us",
+                    is_group=True,
+                ),
+                # A group stored before chat kinds: no kind, no flag, an old group id.
+                event("G-OLD", chat_id=f"{PERSON}-1600000000"),
                 # Other people: kept as they are.
                 event("O-1", phone=OTHER, chat_id=OTHER, chat_kind="user"),
                 event("O-2", phone=LONGER, chat_id=LONGER, chat_kind="user"),
@@ -96,33 +117,48 @@ def everywhere(db):
     }
 
 
-def test_an_erasure_leaves_no_trace_of_the_number_in_any_table(db, client, everywhere):
-    answer = client.post("/erasures", json={"phone": "+55 (11) 98765-4321"}, headers=AUTH)
-    assert answer.status_code == 201, answer.get_json()
-    rows = answer.get_json()["rows"]
+def erased_through_the_api(client, phone: str) -> dict:
+    """POST /erasures, then follow its Location until a worker has done it."""
+    answer = client.post("/erasures", json={"phone": phone}, headers=AUTH)
+    assert answer.status_code == 202, answer.get_json()
+    assert answer.get_json()["status"] == "pending" and answer.get_json()["rows"] is None
+    location = answer.headers["Location"]
+    return wait_for(
+        lambda: (
+            (done := client.get(location, headers=AUTH).get_json())["status"] == "done" and done
+        ),
+        timeout=60,
+    )
+
+
+def test_an_erasure_leaves_no_trace_of_the_number_in_any_table(
+    db, client, everywhere, start_worker
+):
+    start_worker()
+    done = erased_through_the_api(client, "+55 (11) 98765-4321")
+    rows = done["rows"]
     assert rows["removed"]["messages"] == 3 and rows["removed"]["status_events"] == 4
-    assert rows["anonymised"] == {
-        "changes": 2,  # the group's: the participant's receipt; G-2's chat
-        "dead_letters": 1,
-        "deliveries": 1,
-        "messages": 1,  # G-2's chat id and failure reason
-        "quarantine": 1,
-        "receipts": 1,
-        "status_events": 1,  # G-2's failure reason
-    }
+    assert rows["anonymised"]["messages"] == 3  # G-2, the WAHA group's, G-OLD
+    assert rows["anonymised"]["receipts"] == 2  # G-1's, in each form of the number
 
     assert traces(db, PERSON) == {}
     assert traces(db, PERSON_OLD_FORM) == {}
     # Their own messages are gone; the groups stay, their receipt anonymised but counted.
-    kept = {r[0] for r in db.execute("SELECT message_id FROM messages")}
-    assert kept == {"G-1", "G-2", "O-1", "O-2"}
+    kept = {r[0] for r in db.execute("SELECT message_id FROM messages WHERE provider = 'zapi'")}
+    assert kept == {"G-1", "G-2", "G-OLD", "O-1", "O-2"}
     group = store.fetch_message(db, "zapi", "G-1")
-    assert group["status"] == "read" and group["receipts"]["counts"]["read"] == 2
+    assert group["status"] == "read" and group["receipts"]["counts"]["read"] == 3
+    # The WAHA group message stays, its id anonymised, its member's receipt beside it.
+    [(waha_id,)] = db.execute("SELECT message_id FROM messages WHERE provider = 'waha'").fetchall()
+    assert waha_id.startswith("true_erased:") and waha_id.endswith("@g.us_3EB0BBBB")
+    waha = store.fetch_message(db, "waha", waha_id)
+    assert waha["receipts"]["counts"]["read"] == 1 and len(waha["events"]) == 2
     # Everyone else's data is untouched, a longer number holding the same digits included.
     assert store.fetch_message(db, "zapi", "O-1")["phone"] == OTHER
     assert store.fetch_message(db, "zapi", "O-2")["phone"] == LONGER
-    assert traces(db, OTHER)["receipts"] == 1
-    # The erasure is recorded: when, and how many rows; the number nowhere (checked above).
+    assert traces(db, OTHER)["receipts"] == 2  # G-1's and the WAHA group's
+    # The erasure is recorded: when, and how many rows; the number nowhere (checked above),
+    # its task message gone from the broker with it, and the worker's log without it.
     [(erased_at, recorded)] = db.execute("SELECT erased_at, rows FROM erasures").fetchall()
     assert recorded == rows and erased_at is not None
 
@@ -130,15 +166,29 @@ def test_an_erasure_leaves_no_trace_of_the_number_in_any_table(db, client, every
 def test_the_command_erases_and_prints_what_it_did(db, app, everywhere):
     result = app.test_cli_runner().invoke(args=["erase", "--phone", PERSON_OLD_FORM])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["rows"]["removed"]["messages"] == 3
+    shown = json.loads(result.output)
+    assert shown["status"] == "done" and shown["rows"]["removed"]["messages"] == 3
     assert traces(db, PERSON) == {} and traces(db, PERSON_OLD_FORM) == {}
 
 
-def test_erasing_again_finds_nothing(db, client, everywhere):
-    client.post("/erasures", json={"phone": PERSON}, headers=AUTH)
-    again = client.post("/erasures", json={"phone": PERSON}, headers=AUTH)
-    assert again.status_code == 201
-    assert again.get_json()["rows"] == {"removed": {}, "anonymised": {}}
+def test_erasing_again_finds_nothing(db, client, everywhere, start_worker):
+    worker = start_worker()
+    erased_through_the_api(client, PERSON)
+    again = erased_through_the_api(client, PERSON)
+    assert again["rows"] == {"removed": {}, "anonymised": {}}
+    assert PERSON not in worker.output() and PERSON_OLD_FORM not in worker.output()
+
+
+def test_a_broker_that_does_not_take_it_is_503_and_nothing_is_recorded(db, database_url):
+    dead = make_app(database_url, f"redis://127.0.0.1:{free_port()}/0").test_client()
+    answer = dead.post("/erasures", json={"phone": PERSON}, headers=AUTH)
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert db.execute("SELECT count(*) FROM erasures").fetchone() == (0,)
+
+
+def test_an_unknown_erasure_is_404(client):
+    assert client.get("/erasures/12345", headers=AUTH).status_code == 404
+    assert client.get(f"/erasures/{2**63}", headers=AUTH).status_code == 404
 
 
 @pytest.mark.parametrize("body", [{}, {"phone": 5511987654321}, {"phone": "12-34"}, []])

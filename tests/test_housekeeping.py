@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
@@ -213,7 +213,11 @@ def test_one_housekeeper_at_a_time(db, database_url, clock):
         ({"RETENTION_BATCH_SIZE": "many"}, "RETENTION_BATCH_SIZE must be a whole number of rows"),
         (
             {"HISTORY_RETENTION_DAYS": "200", "MESSAGE_RETENTION_DAYS": "100"},
-            r"MESSAGE_RETENTION_DAYS \(100\) must be at least HISTORY_RETENTION_DAYS \(200\)",
+            r"MESSAGE_RETENTION_DAYS \(100\) must be more than HISTORY_RETENTION_DAYS \(200\)",
+        ),
+        (
+            {"HISTORY_RETENTION_DAYS": "30", "MESSAGE_RETENTION_DAYS": "30"},
+            r"MESSAGE_RETENTION_DAYS \(30\) must be more than HISTORY_RETENTION_DAYS \(30\)",
         ),
     ],
 )
@@ -273,14 +277,73 @@ def test_a_feed_reader_behind_what_retention_removed_is_told_so(db, client, cloc
 
 def test_a_day_a_long_transaction_still_reads_is_dropped_by_a_later_run(db, database_url, clock):
     """DETACH ... CONCURRENTLY waits for transactions that may read the partition; housekeeping
-    gives up after its lock timeout, goes on with the rest, and the next run finishes."""
-    old = today().date() - timedelta(days=3)
-    name = f"status_events_{old:%Y%m%d}"
+    gives up after its lock timeout (the day is left "detach pending", and PostgreSQL allows
+    one such at a time), goes on with retention, and the next run finishes it first, then the
+    other days due, and drops a day table a failed DROP left detached."""
+    first, second = (today().date() - timedelta(days=n) for n in (3, 2))
+    orphan = "status_events_20200101"
+    db.execute(f"CREATE TABLE {orphan} (LIKE status_events)")  # detached, never dropped
     with psycopg.connect(database_url) as reader:
-        reader.execute(f"SELECT count(*) FROM {name}")  # holds its lock until it ends
-        report = clock(timedelta(0), Retention(history_days=2))
-        assert name not in report.dropped
+        reader.execute(f"SELECT count(*) FROM status_events_{first:%Y%m%d}")  # held to its end
+        report = clock(timedelta(0), Retention(history_days=1))
+        assert f"status_events_{first:%Y%m%d}" not in report.dropped
         assert report.removed["messages"] == 0  # the run went on to retention
-    report = clock(timedelta(0), Retention(history_days=2))
-    assert name in report.dropped
-    assert old not in days_partitioned(db)
+    dropped = report.dropped + clock(timedelta(0), Retention(history_days=1)).dropped
+    assert {orphan, f"status_events_{first:%Y%m%d}", f"status_events_{second:%Y%m%d}"} <= set(
+        dropped
+    )
+    assert not {first, second} & days_partitioned(db)
+    assert db.execute("SELECT to_regclass(%s)", (orphan,)).fetchone() == (None,)
+
+
+def test_days_are_utc_days_whatever_the_session_time_zone(db):
+    """Around a daylight-saving change in the session's zone, partitions still meet exactly at
+    midnight UTC: no gap, no overlap."""
+    db.execute("SET TIME ZONE 'America/New_York'")
+    try:
+        days = [date(2025, 3, 8) + timedelta(days=n) for n in range(3)]  # spring forward 9 March
+        days += [date(2025, 11, 1) + timedelta(days=n) for n in range(3)]  # fall back 2 November
+        ensure_partitions(db, days[0], days[2])
+        ensure_partitions(db, days[3], days[5])
+        bounds = dict(
+            db.execute(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'status_events'::regclass AND c.relname LIKE '%%2025%%'"
+            ).fetchall()
+        )
+        db.execute("SET TIME ZONE 'UTC'")
+        for day in days:
+            expression = bounds[f"status_events_{day:%Y%m%d}"]
+            low, high = re.findall(r"'([^']+)'", expression)
+            assert db.execute(
+                "SELECT %s::timestamptz = %s::date::timestamp AT TIME ZONE 'UTC'"
+                " AND %s::timestamptz = (%s::date + 1)::timestamp AT TIME ZONE 'UTC'",
+                (low, day, high, day),
+            ).fetchone() == (True,), (day, expression)
+    finally:
+        db.execute("SET TIME ZONE 'UTC'")
+        for day, name, _pending in partitions(db):
+            if day.year == 2025:
+                db.execute(f"ALTER TABLE status_events DETACH PARTITION {name}")
+                db.execute(f"DROP TABLE {name}")
+
+
+def test_the_feed_goes_in_its_own_order_so_no_kept_change_is_behind_the_horizon(db, client, clock):
+    """A transaction's changes can be written after a later transaction's (a smaller txid, a
+    larger id): retention removes the feed as a prefix in (txid, id) order, never leaving a
+    kept change behind what it removed (whose reader would be told 410 for nothing)."""
+    from tests.conftest import API_TOKEN
+
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    for txid, message_id, age in [(50, "OLD", "30 days"), (40, "LATE", "0"), (60, "NEW", "0")]:
+        db.execute(
+            "INSERT INTO changes (txid, provider, message_id, status, occurred_at, created_at)"
+            " VALUES (%s::xid8, 'zapi', %s, 'sent', now(), now() - %s::interval)",
+            (str(txid), message_id, age),
+        )
+    assert clock(timedelta(0), Retention()).removed["changes"] == 2
+    assert [r[0] for r in db.execute("SELECT message_id FROM changes")] == ["NEW"]
+    page = client.get("/changes?after=0&limit=1", headers=auth).get_json()
+    assert [c["message_id"] for c in page["changes"]] == ["NEW"]
+    assert client.get(f"/changes?after={page['next']}", headers=auth).status_code == 200

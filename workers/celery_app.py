@@ -12,6 +12,7 @@ from workers import broker, logs, metrics
 
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
+ERASE = "ticks.erase"
 DELIVER = "ticks.deliver"
 QUEUE = broker.QUEUE
 # Outbound webhooks go through a queue and a worker of their own (workers/deliveries.py): a

@@ -33,12 +33,23 @@ from schemas.fields import digits_only
 # What the catalogue query skips: the migrations' ledger, and the erasures' own record.
 SKIPPED_TABLES = ("schema_migrations", "erasures")
 
-PERSON_MESSAGES = """
-SELECT provider, message_id FROM messages
-WHERE phone = ANY (%(numbers)s)
-   OR (message_id LIKE ANY (%(likes)s) AND message_id ~ %(pattern)s)
-   OR (chat_kind IS DISTINCT FROM 'group' AND NOT COALESCE(is_group, false)
-       AND chat_id LIKE ANY (%(likes)s) AND chat_id ~ %(pattern)s)
+# A group message is not the person's: it stays, its traces of the number anonymised. Groups
+# as schemas/fields.py classifies them (rows stored before chat kinds have none), and WAHA's
+# group message ids (`true_<group>@g.us_<id>[_<participant>]`).
+GROUP = r"""
+    COALESCE(m.chat_kind = 'group' OR m.is_group
+             OR m.chat_id ~ '(@g\.us|-group)$'
+             OR split_part(m.chat_id, '@', 1) ~ '^[0-9]{8,}-[0-9]{9,}$'
+             OR m.message_id ~ '@g\.us', false)
+"""
+
+PERSON_MESSAGES = f"""
+SELECT m.provider, m.message_id FROM messages m
+WHERE NOT {GROUP}
+  AND (m.phone = ANY (%(numbers)s)
+       OR (m.message_id LIKE ANY (%(likes)s) AND m.message_id ~ %(pattern)s)
+       OR (m.chat_id LIKE ANY (%(likes)s) AND m.chat_id ~ %(pattern)s))
+ORDER BY m.provider, m.message_id  -- locked in the workers' order
 FOR UPDATE
 """
 
@@ -48,19 +59,62 @@ USING unnest(%(providers)s::text[], %(ids)s::text[]) AS d(provider, message_id)
 WHERE t.provider = d.provider AND t.message_id = d.message_id
 """
 
-# Text and JSON columns of every table (partitions are reached through their parent).
+# Text and JSON columns of every table.
 COLUMNS = """
 SELECT c.table_name, c.column_name, c.data_type
 FROM information_schema.columns c
 JOIN pg_class t ON t.relname = c.table_name AND t.relnamespace = current_schema()::regnamespace
 WHERE c.table_schema = current_schema()
   AND c.data_type IN ('text', 'jsonb', 'json', 'character varying')
-  AND t.relkind IN ('r', 'p') AND NOT t.relispartition
+  AND t.relkind IN ('r', 'p')
+  -- Partitions are reached through their parent, except one being detached (invisible there).
+  AND (NOT t.relispartition
+       OR EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = t.oid AND i.inhdetachpending))
   AND c.table_name <> ALL (%(skipped)s)
 ORDER BY c.table_name, c.ordinal_position
 """
 
-RECORD = "INSERT INTO erasures (rows) VALUES (%s) RETURNING id, erased_at"
+RECORD = """
+INSERT INTO erasures (erased_at, rows) VALUES (now(), %(rows)s)
+RETURNING id, requested_at, erased_at, rows
+"""
+# A requested erasure (POST /erasures) is recorded when asked for, and completed here.
+COMPLETE = """
+UPDATE erasures SET erased_at = now(), rows = %(rows)s WHERE id = %(id)s AND erased_at IS NULL
+RETURNING id, requested_at, erased_at, rows
+"""
+REQUEST = "INSERT INTO erasures DEFAULT VALUES RETURNING id, requested_at, erased_at, rows"
+SELECT = "SELECT id, requested_at, erased_at, rows FROM erasures WHERE id = %(id)s"
+
+
+def document(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """An erasure's record as the API and the command show it."""
+    if row is None:
+        return None
+    erasure_id, requested_at, erased_at, rows = row
+    return {
+        "id": erasure_id,
+        "status": "done" if erased_at else "pending",
+        "requested_at": requested_at,
+        "erased_at": erased_at,
+        "rows": rows,
+    }
+
+
+def request(conn: psycopg.Connection) -> dict[str, Any]:
+    """Record that an erasure was asked for (the number goes in its task message only)."""
+    with conn.transaction():
+        return document(conn.execute(REQUEST).fetchone())  # type: ignore[return-value]
+
+
+def forget_request(conn: psycopg.Connection, erasure_id: int) -> None:
+    """Take back the record of a request that could not be queued."""
+    with conn.transaction():
+        conn.execute("DELETE FROM erasures WHERE id = %s AND erased_at IS NULL", (erasure_id,))
+
+
+def fetch(conn: psycopg.Connection, erasure_id: int) -> dict[str, Any] | None:
+    return document(conn.execute(SELECT, {"id": erasure_id}).fetchone())
 
 
 class InvalidPhone(ValueError):
@@ -87,15 +141,20 @@ def pattern(found: list[str]) -> str:
     return "(?<![0-9])(" + "|".join(re.escape(n) for n in longest_first) + ")(?![0-9])"
 
 
-def erase(conn: psycopg.Connection, phone: str) -> dict[str, Any]:
-    """Erase every trace of ``phone``; return the erasure's record (id, erased_at, rows)."""
+def erase(conn: psycopg.Connection, phone: str, erasure_id: int | None = None) -> dict[str, Any]:
+    """Erase every trace of ``phone``; return the erasure's record (``document``): a new one,
+    or the requested ``erasure_id`` completed (done again, it finds nothing more)."""
     found = numbers(phone)
     params: dict[str, Any] = {
         "numbers": found,
         "likes": [f"%{n}%" for n in found],  # cheap: the regular expression runs on few rows
         "pattern": pattern(found),
     }
-    token = f"erased:{secrets.token_hex(8)}"
+    # A token per form of the number: two forms of one participant's number on one message
+    # were two receipts before, and stay two (one token would make them collide).
+    for n, number in enumerate(found):
+        params[f"pattern_{n}"] = pattern([number])
+        params[f"token_{n}"] = f"erased:{secrets.token_hex(8)}"
     rows: dict[str, dict[str, int]] = {"removed": {}, "anonymised": {}}
 
     def count(how: str, table: str, n: int) -> None:
@@ -113,21 +172,28 @@ def erase(conn: psycopg.Connection, phone: str) -> dict[str, Any]:
         for table, column, kind in cur.execute(COLUMNS, {"skipped": list(SKIPPED_TABLES)}):
             columns.setdefault(table, []).append((column, kind))
         for table, named in columns.items():
-            changed = cur.execute(anonymise(table, named), {**params, "token": token}).rowcount
+            changed = cur.execute(anonymise(table, named, len(found)), params).rowcount
             count("anonymised", table, changed)
-        record = cur.execute(RECORD, (json.dumps(rows),)).fetchone()
-    assert record is not None
-    return {"id": record[0], "erased_at": record[1], "rows": rows}
+        record = None
+        if erasure_id is not None:  # done twice (a redelivered task): the first count stays
+            record = cur.execute(COMPLETE, {"rows": json.dumps(rows), "id": erasure_id}).fetchone()
+            record = record or cur.execute(SELECT, {"id": erasure_id}).fetchone()
+        if record is None:
+            record = cur.execute(RECORD, {"rows": json.dumps(rows)}).fetchone()
+    return document(record)  # type: ignore[return-value]
 
 
-def anonymise(table: str, named: list[tuple[str, str]]) -> sql.Composed:
-    """UPDATE replacing the number with the token in these columns of the rows holding it."""
+def anonymise(table: str, named: list[tuple[str, str]], forms: int) -> sql.Composed:
+    """UPDATE replacing each form of the number with its token in these columns of the rows
+    holding one."""
     sets, holds = [], []
     for column, kind in named:
         as_text = sql.SQL("{}::text").format(sql.Identifier(column))
-        replaced: sql.Composable = sql.SQL(
-            "regexp_replace({}, %(pattern)s, %(token)s, 'g')"
-        ).format(as_text)
+        replaced: sql.Composable = as_text
+        for n in range(forms):
+            replaced = sql.SQL("regexp_replace({}, {}, {}, 'g')").format(
+                replaced, sql.Placeholder(f"pattern_{n}"), sql.Placeholder(f"token_{n}")
+            )
         if kind in ("jsonb", "json"):
             replaced = sql.SQL("({})::{}").format(replaced, sql.SQL(kind))
         holds.append(sql.SQL("({t} LIKE ANY (%(likes)s) AND {t} ~ %(pattern)s)").format(t=as_text))

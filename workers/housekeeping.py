@@ -93,11 +93,12 @@ class Retention:
             batch_size=whole(env, "RETENTION_BATCH_SIZE", d.batch_size, 1, 100000, "rows"),
             interval=whole(env, "HOUSEKEEPING_INTERVAL", d.interval, 1, 86400, "seconds"),
         )
-        if settings.message_days < settings.history_days:
+        if settings.message_days <= settings.history_days:
             # The message row holds the dedupe (seen): without it, a late repeat of an event
-            # still in the history would be recorded again.
+            # still in the history would be recorded again. A history day goes up to a day
+            # after its age, so the message must outlive it by a day at least.
             raise RuntimeError(
-                f"MESSAGE_RETENTION_DAYS ({settings.message_days}) must be at least "
+                f"MESSAGE_RETENTION_DAYS ({settings.message_days}) must be more than "
                 f"HISTORY_RETENTION_DAYS ({settings.history_days}): a message keeps the "
                 "record of what its history holds"
             )
@@ -140,18 +141,6 @@ DELETE FROM dead_letters WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 """,
-    # The feed is appended in id order: only its oldest rows are looked at, and those every
-    # subscription has read (its cursor at or past them) and older than the cutoff go.
-    "changes": """
-DELETE FROM changes WHERE id IN (
-    SELECT id FROM (SELECT id, txid, created_at FROM changes ORDER BY id LIMIT %(batch)s) AS c
-    WHERE created_at < %(changes_cutoff)s
-      AND NOT EXISTS (
-          SELECT FROM subscriptions s WHERE (c.txid, c.id) > (s.cursor_txid, s.cursor_id)
-      )
-)
-RETURNING txid, id
-""",
     "deliveries": """
 DELETE FROM deliveries WHERE id IN (
     SELECT id FROM deliveries
@@ -161,6 +150,24 @@ DELETE FROM deliveries WHERE id IN (
 )
 """,
 }
+
+# The change feed goes as a prefix in its own order, (txid, id), so the last change removed
+# (feed_horizon) marks exactly what a reader can no longer get. Each batch: the oldest rows by
+# id (the feed is appended in that order) older than the cutoff give the key, capped by every
+# subscription's cursor (never a change one has not read) and below every running
+# transaction; then every change up to the key goes.
+CHANGES_KEY = """
+SELECT txid::text, id FROM (
+    SELECT id, txid, created_at FROM changes ORDER BY id LIMIT %(batch)s
+) AS oldest
+WHERE created_at < %(changes_cutoff)s AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid DESC, id DESC
+LIMIT 1
+"""
+SLOWEST_CURSOR = """
+SELECT cursor_txid::text, cursor_id FROM subscriptions ORDER BY cursor_txid, cursor_id LIMIT 1
+"""
+DELETE_CHANGES = "DELETE FROM changes WHERE (txid, id) <= (%(txid)s::xid8, %(id)s)"
 
 MOVE_FEED_HORIZON = """
 INSERT INTO feed_horizon (txid, id) VALUES (%(txid)s::xid8, %(id)s)
@@ -201,26 +208,44 @@ def ensure_partitions(conn: psycopg.Connection, first: date, last: date) -> list
     return created
 
 
+# Day tables detached from the history but not dropped (a DROP that failed after its DETACH).
+LIST_DETACHED = """
+SELECT relname FROM pg_class
+WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r' AND NOT relispartition
+  AND relname ~ '^status_events_[0-9]{8}$'
+ORDER BY relname
+"""
+
+
 def drop_partitions(conn: psycopg.Connection, cutoff: datetime) -> list[str]:
     """Drop the history's partitions whose whole day is older than ``cutoff``; return them.
 
     ``conn`` is in autocommit: DETACH ... CONCURRENTLY runs outside a transaction block. One
-    interrupted half-way stays "detach pending" and is finished (FINALIZE) on the next run.
+    interrupted half-way stays "detach pending" and is finished (FINALIZE) first on the next
+    run (PostgreSQL allows one pending at a time); a day detached whose DROP failed is dropped
+    on the next run. A day a long transaction still reads (the lock timeout) ends this run's
+    drops: the next run goes on from there.
     """
+
+    def expired(day: date) -> bool:
+        return datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) <= cutoff
+
     dropped = []
-    for day, name, pending in partitions(conn):
-        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-        if end > cutoff:
-            continue
-        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    for (name,) in conn.execute(LIST_DETACHED).fetchall():
+        day = datetime.strptime(name.rsplit("_", 1)[1], "%Y%m%d").date()
+        if expired(day):
+            conn.execute(f'DROP TABLE "{name}"')
+            dropped.append(name)
+    due = [(pending, name) for day, name, pending in partitions(conn) if expired(day)]
+    for pending, name in sorted(due, key=lambda item: (not item[0], item[1])):
         how = "FINALIZE" if pending else "CONCURRENTLY"
         try:
             conn.execute(f'ALTER TABLE status_events DETACH PARTITION "{name}" {how}')
             conn.execute(f'DROP TABLE "{name}"')
-        except psycopg.errors.LockNotAvailable as exc:
-            # A long transaction still reads it: the next run finishes the job.
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
             log.warning("history partition %s not dropped this run: %s", name, exc)
-            continue
+            break
         dropped.append(name)
     return dropped
 
@@ -237,21 +262,36 @@ def expire(conn: psycopg.Connection, now: datetime, settings: Retention) -> dict
         "changes_cutoff": now - timedelta(days=settings.changes_days),
         "delivery_cutoff": now - timedelta(days=settings.delivery_days),
     }
-    removed = dict.fromkeys(EXPIRE, 0)
-    for table, statement in EXPIRE.items():
+    removed = dict.fromkeys([*EXPIRE, "changes"], 0)
+    for table in removed:
         while True:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                cursor = conn.execute(statement, params)
-                count = cursor.rowcount
-                if table == "changes" and count:
-                    last = max(cursor.fetchall(), key=lambda row: (int(row[0]), row[1]))
-                    conn.execute(MOVE_FEED_HORIZON, {"txid": str(last[0]), "id": last[1]})
+                if table == "changes":
+                    count = expire_changes(conn, params)
+                else:
+                    count = conn.execute(EXPIRE[table], params).rowcount
             removed[table] += count
             if count < settings.batch_size:
                 break
             time.sleep(PAUSE_BETWEEN_BATCHES)
     return removed
+
+
+def expire_changes(conn: psycopg.Connection, params: dict[str, Any]) -> int:
+    """One batch of the change feed's retention (CHANGES_KEY); return how many went."""
+    key = conn.execute(CHANGES_KEY, params).fetchone()
+    if key is None:
+        return 0
+    cursor = conn.execute(SLOWEST_CURSOR).fetchone()
+    upto = (int(key[0]), key[1])
+    if cursor is not None:
+        upto = min(upto, (int(cursor[0]), cursor[1]))
+    where = {"txid": str(upto[0]), "id": upto[1]}
+    count = conn.execute(DELETE_CHANGES, where).rowcount
+    if count:
+        conn.execute(MOVE_FEED_HORIZON, where)
+    return count
 
 
 @dataclass

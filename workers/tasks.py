@@ -3,14 +3,15 @@ workers/guarded.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
 from typing import Any
 
 from schemas.events import StatusEvent, load_events
-from workers import recovery, store
-from workers.celery_app import APPLY_EVENTS, BROKER, QUARANTINE, app
+from workers import erasure, recovery, store
+from workers.celery_app import APPLY_EVENTS, BROKER, ERASE, QUARANTINE, app
 from workers.db import get_pool
 from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
 from workers.health import Liveness
@@ -100,3 +101,13 @@ def quarantine_callback(record: dict[str, Any]) -> bool:
         record["reason"],
     )
     return stored
+
+
+@app.task(name=ERASE, base=GuardedTask)
+def erase_phone(request: dict[str, Any]) -> dict[str, Any]:
+    """A requested erasure (POST /erasures): every trace of a phone number, in the worker,
+    where no web timeout cuts it short. Its log names the erasure, never the number."""
+    with get_pool().connection() as conn:
+        record = erasure.erase(conn, request["phone"], request["erasure"])
+    log.info("erasure %s done: %s", record["id"], json.dumps(record["rows"]))
+    return {"erasure": record["id"]}
