@@ -8,7 +8,7 @@ the same with BENCH_SCALE_SMALL (100 thousand), each in a database of its own:
 - GET /messages/<provider>/<id> p99 (random messages of the 60 days) and the status page
   (uncached), through the app in this process;
 - the apply rate while housekeeping runs on the large database (in a process of its own:
-  the history's oldest 15 days dropped, a third of the messages expired in batches), against
+  the history's oldest 15 days dropped, a quarter of the messages expired in batches), against
   the rate just before.
 """
 
@@ -151,7 +151,7 @@ def read_latencies(url: str, redis_url: str, known: int, requests: int = 2000) -
 HOUSEKEEPER = """
 import sys
 from workers.housekeeping import Retention, run
-report = run(sys.argv[1], Retention(history_days=45, message_days=45))
+report = run(sys.argv[1], Retention(history_days=45, message_days=46))
 print(report)
 """
 
