@@ -347,3 +347,36 @@ def test_the_feed_goes_in_its_own_order_so_no_kept_change_is_behind_the_horizon(
     page = client.get("/changes?after=0&limit=1", headers=auth).get_json()
     assert [c["message_id"] for c in page["changes"]] == ["NEW"]
     assert client.get(f"/changes?after={page['next']}", headers=auth).status_code == 200
+
+
+def test_the_feed_is_kept_for_the_slowest_subscription_whatever_the_ids_digits(db, clock):
+    """Cursors and keys compare as transaction ids (numbers), never as their text: a
+    subscription at txid 9 keeps 10 and 11, though "100" (another one's) sorts before "9"."""
+    slow, _ = subscriptions.create(db, "https://example.com/slow", None, None, 1)
+    fast, _ = subscriptions.create(db, "https://example.com/fast", None, None, 1)
+    ids = {}
+    for txid in (8, 9, 10, 11):
+        ids[txid] = db.execute(
+            "INSERT INTO changes (txid, provider, message_id, status, occurred_at, created_at)"
+            " VALUES (%s::xid8, 'zapi', %s, 'sent', now(), now() - interval '30 days')"
+            " RETURNING id",
+            (str(txid), f"T{txid}"),
+        ).fetchone()[0]
+    for sub, txid, change_id in ((slow, 9, ids[9]), (fast, 100, 0)):
+        db.execute(
+            "UPDATE subscriptions SET cursor_txid = %s::xid8, cursor_id = %s WHERE id = %s",
+            (str(txid), change_id, sub),
+        )
+    assert clock(timedelta(0), Retention()).removed["changes"] == 2
+    kept = [r[0] for r in db.execute("SELECT message_id FROM changes ORDER BY id")]
+    assert kept == ["T10", "T11"]
+
+
+def test_an_expired_feed_goes_whole_whatever_the_ids_digits(db, clock):
+    for txid in (8, 9, 10, 11):
+        db.execute(
+            "INSERT INTO changes (txid, provider, message_id, status, occurred_at, created_at)"
+            " VALUES (%s::xid8, 'zapi', %s, 'sent', now(), now() - interval '30 days')",
+            (str(txid), f"T{txid}"),
+        )
+    assert clock(timedelta(0), Retention()).removed["changes"] == 4

@@ -156,16 +156,20 @@ DELETE FROM deliveries WHERE id IN (
 # id (the feed is appended in that order) older than the cutoff give the key, capped by every
 # subscription's cursor (never a change one has not read) and below every running
 # transaction; then every change up to the key goes.
+# (Ordered by the xid8 columns, not by their text copies: "10" sorts before "9".)
 CHANGES_KEY = """
-SELECT txid::text, id FROM (
+SELECT oldest.txid::text, oldest.id FROM (
     SELECT id, txid, created_at FROM changes ORDER BY id LIMIT %(batch)s
 ) AS oldest
-WHERE created_at < %(changes_cutoff)s AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid DESC, id DESC
+WHERE oldest.created_at < %(changes_cutoff)s
+  AND oldest.txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY oldest.txid DESC, oldest.id DESC
 LIMIT 1
 """
 SLOWEST_CURSOR = """
-SELECT cursor_txid::text, cursor_id FROM subscriptions ORDER BY cursor_txid, cursor_id LIMIT 1
+SELECT s.cursor_txid::text, s.cursor_id FROM subscriptions s
+ORDER BY s.cursor_txid, s.cursor_id
+LIMIT 1
 """
 DELETE_CHANGES = "DELETE FROM changes WHERE (txid, id) <= (%(txid)s::xid8, %(id)s)"
 
