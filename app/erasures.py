@@ -16,21 +16,16 @@ from flask.cli import with_appcontext
 from app.auth import require_api_token
 from app.database import reading
 from app.errors import ApiError
+from app.operations import MAX_ROW_ID, iso
 from app.queue import EXTENSION, QueueUnavailable, send
 from workers import erasure
 from workers.celery_app import ERASE
 
 bp = Blueprint("erasures", __name__)
-# Row ids are bigserial: a larger number names no row.
-MAX_ROW_ID = 2**63 - 1
 
 
 def shown(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **record,
-        "requested_at": record["requested_at"].isoformat(),
-        "erased_at": record["erased_at"].isoformat() if record["erased_at"] else None,
-    }
+    return {key: iso(value) for key, value in record.items()}
 
 
 @bp.post("/erasures")

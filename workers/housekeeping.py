@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 import psycopg
 from celery import bootsteps
 
+from workers.settings import whole
+
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_ID = 0x7469636B_686F7573  # "tickhous": one housekeeper at a time
@@ -40,16 +42,6 @@ PARTITION = re.compile(r"^status_events_(\d{8})$")
 # The longest a housekeeping statement waits for a lock before giving up for this round.
 LOCK_TIMEOUT = "2s"
 PAUSE_BETWEEN_BATCHES = 0.05  # seconds: the workers' transactions go first
-
-
-def whole(env: Mapping[str, str], name: str, default: int, least: int, most: int, unit: str) -> int:
-    """A setting that is a whole number from ``least`` to ``most``, or fail naming it."""
-    raw = env.get(name, str(default)).strip()
-    if not raw.isdigit() or not least <= int(raw) <= most:
-        raise RuntimeError(
-            f"{name} must be a whole number of {unit} from {least} to {most}, not {raw!r}"
-        )
-    return int(raw)
 
 
 def days(env: Mapping[str, str], name: str, default: int, least: int = 1) -> int:
@@ -187,13 +179,24 @@ ORDER BY c.relname
 """
 
 
+def partition_name(day: date) -> str:
+    """The history's table of one day (as ticks_history_partition names it)."""
+    return f"status_events_{day:%Y%m%d}"
+
+
+def day_of(name: str) -> date | None:
+    """The day of one of the history's day tables, None for another table."""
+    match = PARTITION.match(name)
+    return datetime.strptime(match[1], "%Y%m%d").date() if match else None
+
+
 def partitions(conn: psycopg.Connection) -> list[tuple[date, str, bool]]:
     """The history's partitions: (day, table name, detach pending), oldest first."""
     found = []
     for name, pending in conn.execute(LIST_PARTITIONS):
-        match = PARTITION.match(name)
-        if match:
-            found.append((datetime.strptime(match[1], "%Y%m%d").date(), name, pending))
+        day = day_of(name)
+        if day is not None:
+            found.append((day, name, pending))
     return found
 
 
@@ -207,7 +210,7 @@ def ensure_partitions(conn: psycopg.Connection, first: date, last: date) -> list
             conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             row = conn.execute("SELECT ticks_history_partition(%s)", (day,)).fetchone()
         if row and row[0]:
-            created.append(f"status_events_{day:%Y%m%d}")
+            created.append(partition_name(day))
         day += timedelta(days=1)
     return created
 
@@ -237,8 +240,8 @@ def drop_partitions(conn: psycopg.Connection, cutoff: datetime) -> list[str]:
     dropped = []
     conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     for (name,) in conn.execute(LIST_DETACHED).fetchall():
-        day = datetime.strptime(name.rsplit("_", 1)[1], "%Y%m%d").date()
-        if expired(day):
+        day = day_of(name)
+        if day is not None and expired(day):
             conn.execute(f'DROP TABLE "{name}"')
             dropped.append(name)
     due = [(pending, name) for day, name, pending in partitions(conn) if expired(day)]

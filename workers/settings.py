@@ -20,3 +20,13 @@ def seconds(
     if not 0 <= value <= most:  # NaN fails too
         raise RuntimeError(f"{name} must be a number of {unit} from 0 to {most:g}, not {raw!r}")
     return value
+
+
+def whole(env: Mapping[str, str], name: str, default: int, least: int, most: int, unit: str) -> int:
+    """A setting that is a whole number from ``least`` to ``most``, or fail naming it."""
+    raw = env.get(name, str(default)).strip()
+    if not raw.isdigit() or not least <= int(raw) <= most:
+        raise RuntimeError(
+            f"{name} must be a whole number of {unit} from {least} to {most}, not {raw!r}"
+        )
+    return int(raw)

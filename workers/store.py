@@ -299,11 +299,15 @@ def event_order(event: StatusEvent) -> tuple[str, str, int]:
     return (event.provider, event.message_id, status_rank)
 
 
+# What a message knows of who it went to (LOCK_MESSAGE fills what it lacks).
+IDENTITY = ("phone", "chat_id", "chat_kind", "is_group", "instance_id")
+
+
 def merged_identity(events: list[StatusEvent]) -> dict[str, Any]:
     """Return a message's identity fields, the first known value of each across events."""
     first = events[0]
     identity: dict[str, Any] = {"provider": first.provider, "message_id": first.message_id}
-    for name in ("phone", "chat_id", "chat_kind", "is_group", "instance_id"):
+    for name in IDENTITY:
         identity[name] = next(
             (getattr(e, name) for e in events if getattr(e, name) is not None), None
         )
@@ -354,8 +358,6 @@ def apply_events(
             cur.nextset()
     return outcomes
 
-
-IDENTITY = ("phone", "chat_id", "chat_kind", "is_group", "instance_id")
 
 # What the messages of a batch already hold: the statuses they recorded and which identity
 # fields they have. Read without a lock: a status recorded is never unrecorded (`seen` only
