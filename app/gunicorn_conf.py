@@ -8,16 +8,18 @@ from pathlib import Path
 from gunicorn.glogging import Logger
 
 from workers.logs import formatter_config
+from workers.metrics import clear_multiprocess_dir
 
-# Metrics: every worker process writes its samples here and /metrics adds them up. Set before
-# the app (and prometheus_client) is imported, emptied at start so no old process counts.
+# Metrics: every worker process writes its samples here and /metrics adds them up. Set in
+# gunicorn's master before create_app() makes the metrics (app/metrics.py: they follow the
+# directory whatever imported prometheus_client first), emptied at start so no old process
+# counts.
 OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ticks-web-metrics-")
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 METRICS_DIR.mkdir(parents=True, exist_ok=True)
-for stale in METRICS_DIR.glob("*.db"):
-    stale.unlink()
+clear_multiprocess_dir(str(METRICS_DIR))
 
 
 def child_exit(server, worker) -> None:

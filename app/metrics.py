@@ -1,8 +1,9 @@
 """Prometheus metrics of the web process, at GET /metrics (behind API_TOKEN).
 
 Under gunicorn every worker process writes its samples to PROMETHEUS_MULTIPROC_DIR (set by
-app/gunicorn_conf.py before the app is imported) and /metrics adds them all up, whichever
-process answers. Without that variable (tests, `flask run`) the process's own registry is used.
+app/gunicorn_conf.py, before create_app creates the metrics) and /metrics adds them all up,
+whichever process answers. Without that variable (tests, `flask run`) the process's own
+registry is used.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import psycopg
@@ -34,34 +36,64 @@ from app.config import CELERY_EXTENSION
 from schemas.registry import PROVIDERS
 from workers import broker, housekeeping, subscriptions
 from workers.db import get_pool
+from workers.metrics import match_environment
 
 bp = Blueprint("metrics", __name__)
 SNAPSHOT_TIMEOUT = 0.5  # seconds: a broker that does not answer a scrape is reported down
 
-CALLBACKS = Counter(
-    "ticks_callbacks",
-    "Webhook callbacks received, by provider and outcome (reason: why a rejection)",
-    ["provider", "outcome", "reason"],
-)
-EVENTS_ENQUEUED = Counter(
-    "ticks_events_enqueued", "Status events enqueued for the workers", ["provider"]
-)
-REQUEST_SECONDS = Histogram(
-    "ticks_http_request_duration_seconds",
-    "Time to answer a request, by route pattern (never the path: it may hold a token)",
-    ["method", "route", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-ENQUEUE_SECONDS = Histogram(
-    "ticks_enqueue_duration_seconds",
-    "Time from handing a callback's events to the publisher to their being on the queue",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
-)
-BATCH_CALLBACKS = Histogram(
-    "ticks_publish_batch_callbacks",
-    "Callbacks per task message (group commit)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-)
+
+class WebMetrics:
+    """The web's counters and histograms, created by the first create_app() of a process.
+
+    Not at import: a server's config may import this package before it sets
+    PROMETHEUS_MULTIPROC_DIR (gunicorn's ``--config python:app.gunicorn_conf`` does), and a
+    metric created then would count in this process's memory, which no other process's
+    /metrics answer sees.
+    """
+
+    def __init__(self) -> None:
+        self.callbacks = Counter(
+            "ticks_callbacks",
+            "Webhook callbacks received, by provider and outcome (reason: why a rejection)",
+            ["provider", "outcome", "reason"],
+        )
+        self.events_enqueued = Counter(
+            "ticks_events_enqueued", "Status events enqueued for the workers", ["provider"]
+        )
+        self.request_seconds = Histogram(
+            "ticks_http_request_duration_seconds",
+            "Time to answer a request, by route pattern (never the path: it may hold a token)",
+            ["method", "route", "status"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.enqueue_seconds = Histogram(
+            "ticks_enqueue_duration_seconds",
+            "Time from handing a callback's events to the publisher to their being on the queue",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+        )
+        self.batch_callbacks = Histogram(
+            "ticks_publish_batch_callbacks",
+            "Callbacks per task message (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        # Every series whose labels are known, at 0: a dashboard shows 0 rather than "no
+        # data", and a rate() alert has a series before the first bad callback.
+        for provider in PROVIDERS:
+            self.events_enqueued.labels(provider)
+            for outcome in OUTCOMES:
+                self.callbacks.labels(provider, outcome, "")
+            for outcome, reason in {*REJECTIONS.values(), OTHER_REJECTION}:
+                if reason != "unknown_provider":
+                    self.callbacks.labels(provider, outcome, reason)
+        self.callbacks.labels(UNKNOWN_PROVIDER, *REJECTIONS[404])
+
+
+@cache
+def web_metrics() -> WebMetrics:
+    """This process's web metrics, created on first use (create_app creates them)."""
+    match_environment()
+    return WebMetrics()
+
 
 # What a webhook error answer says about the callback, by status code.
 REJECTIONS = {
@@ -73,6 +105,10 @@ REJECTIONS = {
     415: ("rejected", "unsupported_media_type"),
     503: ("broker_unavailable", ""),
 }
+OTHER_REJECTION = ("rejected", "other")
+# What the endpoint notes of a callback it read (note_outcome), or of one it could not enqueue.
+OUTCOMES = ("accepted", "ignored", "quarantined")
+UNKNOWN_PROVIDER = "unknown"
 
 
 def note_outcome(outcome: str, events: int = 0) -> None:
@@ -221,11 +257,17 @@ class RetentionCollector(DatabaseCollector):
                 ages.add_metric([table], max(0.0, (now - moment).total_seconds()))
         yield ages
         ahead = GaugeMetricFamily(
-            "ticks_history_partitions_ahead_days",
-            "Days after today the history has partitions for (housekeeping keeps "
-            "PARTITION_DAYS_AHEAD); at 0, tomorrow's events would have nowhere to go",
+            "ticks_history_partitions_ahead_seconds",
+            "Time from now to the end of the history's last daily partition (housekeeping "
+            "keeps PARTITION_DAYS_AHEAD days); under 86400, tomorrow's events would have "
+            "nowhere to go; 0 with no partition at all",
         )
-        ahead.add_metric([], (days[-1] - now.astimezone(UTC).date()).days if days else -1)
+        end = (
+            datetime.combine(days[-1] + timedelta(days=1), datetime.min.time(), UTC)
+            if days
+            else now
+        )
+        ahead.add_metric([], (end - now).total_seconds())
         yield ahead
 
 
@@ -253,27 +295,29 @@ def start_timer() -> None:
 def observe(response: Response) -> Response:
     """Count the callback (webhook requests) and time the request (every request)."""
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    measures = web_metrics()
     started = g.get("metrics_started")
     if started is not None:
-        REQUEST_SECONDS.labels(request.method, route, str(response.status_code)).observe(
+        measures.request_seconds.labels(request.method, route, str(response.status_code)).observe(
             time.perf_counter() - started
         )
     if request.path.startswith("/webhooks/"):
         segment = request.path.split("/")[2]  # /webhooks/<provider>...
-        provider = segment if segment in PROVIDERS else "unknown"
+        provider = segment if segment in PROVIDERS else UNKNOWN_PROVIDER
         outcome = g.get("callback_outcome")
         if outcome is not None:
-            CALLBACKS.labels(provider, outcome, "").inc()
+            measures.callbacks.labels(provider, outcome, "").inc()
             if outcome == "accepted":
-                EVENTS_ENQUEUED.labels(provider).inc(g.get("callback_events", 0))
+                measures.events_enqueued.labels(provider).inc(g.get("callback_events", 0))
         else:
-            outcome, reason = REJECTIONS.get(response.status_code, ("rejected", "other"))
-            CALLBACKS.labels(provider, outcome, reason).inc()
+            outcome, reason = REJECTIONS.get(response.status_code, OTHER_REJECTION)
+            measures.callbacks.labels(provider, outcome, reason).inc()
     return response
 
 
 def init_metrics(app: Flask) -> None:
     """Time every request, count every callback, and serve /metrics."""
+    web_metrics()
     app.before_request(start_timer)
     app.after_request(observe)
     app.register_blueprint(bp)

@@ -17,7 +17,7 @@ from celery import Celery
 from flask import Flask, current_app
 
 from app.config import CELERY_EXTENSION
-from app.metrics import BATCH_CALLBACKS, ENQUEUE_SECONDS
+from app.metrics import web_metrics
 from workers import broker
 from workers.celery_app import APPLY_EVENTS, make_celery
 
@@ -113,7 +113,7 @@ class GroupPublisher:
 
     def submit(self, events: list[dict[str, Any]], deadline: float = PUBLISH_DEADLINE) -> None:
         """Return once the events are on the broker; raise QueueUnavailable otherwise."""
-        with ENQUEUE_SECONDS.time():
+        with web_metrics().enqueue_seconds.time():
             self.wait_for_publish(events, deadline)
 
     def dense(self) -> bool:
@@ -196,7 +196,7 @@ class GroupPublisher:
         if not batch:  # every request of the group withdrew meanwhile
             return
         try:
-            BATCH_CALLBACKS.observe(len(batch))
+            web_metrics().batch_callbacks.observe(len(batch))
             self.publish([event for item in batch for event in item.events], len(batch))
         except Exception as exc:  # whatever it was, these events are not known to be enqueued
             if not isinstance(exc, QueueUnavailable):

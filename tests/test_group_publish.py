@@ -214,7 +214,7 @@ def test_group_linger_setting_is_validated_naming_itself():
 
 
 def test_the_publisher_survives_an_unexpected_error_and_serves_the_next_request(monkeypatch):
-    import app.queue
+    import app.metrics
 
     broker = SlowBroker(seconds=0)
     publisher = GroupPublisher(broker)
@@ -225,7 +225,7 @@ def test_the_publisher_survives_an_unexpected_error_and_serves_the_next_request(
         if error is not None:
             raise error
 
-    monkeypatch.setattr(app.queue.BATCH_CALLBACKS, "observe", observe)
+    monkeypatch.setattr(app.metrics.web_metrics().batch_callbacks, "observe", observe)
     with pytest.raises(QueueUnavailable):
         publisher.submit([{"n": "first"}], deadline=2)
     publisher.submit([{"n": "second"}], deadline=2)

@@ -248,8 +248,8 @@ def test_metrics_show_what_is_kept_and_the_partitions_ahead(db, client):
     apply(db, event("MX", "sent"))
     db.execute("UPDATE messages SET created_at = now() - interval '2 days'")
     text = client.get("/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}).text
-    ahead = float(re.search(r"^ticks_history_partitions_ahead_days (\S+)$", text, re.M)[1])
-    assert ahead >= 7  # the migration's, then housekeeping's PARTITION_DAYS_AHEAD
+    ahead = float(re.search(r"^ticks_history_partitions_ahead_seconds (\S+)$", text, re.M)[1])
+    assert ahead > 7 * 86400  # the migration's, then housekeeping's PARTITION_DAYS_AHEAD
     age = re.search(r'^ticks_retention_oldest_seconds\{table="messages"\} (\S+)$', text, re.M)
     assert 2 * 86400 - 60 < float(age[1]) < 2 * 86400 + 60
     assert re.search(r'^ticks_retention_oldest_seconds\{table="status_events"\} ', text, re.M)

@@ -115,7 +115,11 @@ def worker_metrics_dir(**kwargs: Any) -> None:
 
 @signals.worker_ready.connect
 def serve_worker_metrics(**kwargs: Any) -> None:
-    """The main process serves the pool's metrics; and says if the broker may lose messages."""
+    """The main process serves the pool's metrics; and says if the broker may lose messages.
+
+    Its own metrics (housekeeping's; every task's under the threads or solo pool) are created
+    now, with their known series at 0, rather than on first use."""
+    metrics.metrics()
     metrics.serve()
     BROKER.check_server(app)
 

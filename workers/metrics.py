@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9808
 OWN_DIR_FLAG = "TICKS_OWN_METRICS_DIR"
+# Why a task attempt was repeated (workers/guarded.py).
+RETRY_REASONS = ("database_unavailable", "error")
 
 
 class WorkerMetrics:
@@ -80,11 +82,36 @@ class WorkerMetrics:
             "Time to apply one batch of events in the database",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.initialise()
+
+    def initialise(self) -> None:
+        """Make every series whose labels are known in advance, at 0, so that dashboards and
+        rate() alerts have a series before the first event of its kind (Prometheus' advice)."""
+        from schemas.registry import PROVIDERS
+        from workers.housekeeping import EXPIRE
+        from workers.statuses import STATUSES, next_status
+        from workers.store import Outcome
+
+        for applied in Outcome:
+            self.events.labels(applied.value)
+        for current in STATUSES:
+            for incoming in STATUSES:
+                if incoming != current and next_status(current, incoming) == current:
+                    self.refused.labels(current, incoming)
+        for provider in PROVIDERS:
+            self.failed.labels(provider)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        for outcome in ("delivered", "failed", "dead"):
+            self.deliveries.labels(outcome)
+        for table in (*EXPIRE, "changes", "status_events_partitions"):
+            self.retention_removed.labels(table)
 
 
 @cache
 def metrics() -> WorkerMetrics:
     """Return this process's metrics, created on first use."""
+    match_environment()
     return WorkerMetrics()
 
 
@@ -101,15 +128,30 @@ def use_multiprocess_dir() -> None:
         directory = tempfile.mkdtemp(prefix="ticks-worker-metrics-")
         os.environ[OWN_DIR_FLAG] = "1"
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    # prometheus_client picks its value store when first imported, and the `celery` command
-    # has imported it already (through Flower's CLI plugin): pick again, now that the
-    # directory is set. No metric exists yet; they are created on first use.
-    from prometheus_client import values
+    clear_multiprocess_dir(directory)
 
-    values.ValueClass = values.get_value_class()
-    for stale in os.scandir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+
+def clear_multiprocess_dir(directory: str) -> None:
+    """Remove the samples of processes gone (a directory from an earlier run)."""
+    for stale in os.scandir(directory):
         if stale.name.endswith(".db"):
             os.unlink(stale.path)
+
+
+def match_environment() -> None:
+    """Make prometheus_client's value store follow PROMETHEUS_MULTIPROC_DIR as it is now.
+
+    prometheus_client picks between one process and many when it is first imported, from the
+    environment at that moment, and whatever imported it first (the `celery` command through
+    Flower's CLI plugin, a server's config importing the app's package) may have come before
+    the directory was set. Called before a process creates its first metric (web and workers
+    create them lazily), so their samples go where the process that serves /metrics reads.
+    """
+    from prometheus_client import values
+
+    multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    if multiprocess != (values.ValueClass is not values.MutexValue):
+        values.ValueClass = values.get_value_class()
 
 
 class QuietHandler(WSGIRequestHandler):
