@@ -45,7 +45,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         "STATUS_PAGE_CACHE_SECONDS": seconds(env, "STATUS_PAGE_CACHE_SECONDS", "10"),
         # How long a group of callbacks is held open for more while they arrive densely
         # (app/queue.py). 0 publishes each request's callbacks at once.
-        "GROUP_LINGER_SECONDS": seconds(env, "GROUP_LINGER_MS", "20", 1000, "milliseconds") / 1000,
+        "GROUP_LINGER_SECONDS": seconds(env, "GROUP_LINGER_MS", "50", 1000, "milliseconds") / 1000,
         # Subscriptions may name receivers on private and loopback addresses (workers/outbound).
         "SUBSCRIPTIONS_ALLOW_PRIVATE": allow_private(env),
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gunicorn.glogging import Logger
 
-from workers.logs import formatter_config
+from workers.logs import dict_config
 from workers.metrics import clear_multiprocess_dir
 
 # Metrics: every worker process writes its samples here and /metrics adds them up. Set in
@@ -65,31 +65,8 @@ class NoAccessLog(Logger):
 
 logger_class = NoAccessLog
 accesslog = None
-# The app logs through the root logger (one line per callback), to stdout like gunicorn, as
+# The app logs through the root logger, to stdout like gunicorn, as
 # JSON (LOG_FORMAT=text for a terminal); gunicorn's own messages go to its handler only, not
 # once more through the root. Both handlers redact webhook tokens: gunicorn writes request
 # paths at debug level and in errors.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"redact_tokens": {"()": "workers.redact.RedactTokens"}},
-    "formatters": {"ticks": formatter_config()},
-    "root": {"level": loglevel.upper(), "handlers": ["console"]},
-    "loggers": {
-        "gunicorn.error": {
-            "level": loglevel.upper(),
-            "handlers": ["error_console"],
-            "propagate": False,
-            "qualname": "gunicorn.error",
-        },
-    },
-    "handlers": {
-        name: {
-            "class": "logging.StreamHandler",
-            "formatter": "ticks",
-            "stream": "ext://sys.stdout",
-            "filters": ["redact_tokens"],
-        }
-        for name in ("console", "error_console")
-    },
-}
+logconfig_dict = dict_config(loglevel, ("gunicorn.error",))

@@ -20,8 +20,11 @@ from app.config import CELERY_EXTENSION
 from app.metrics import web_metrics
 from workers import broker
 from workers.celery_app import APPLY_EVENTS, make_celery
+from workers.redact import mask_message_id
 
 log = logging.getLogger(__name__)
+# How many request and message ids a group's log line names (a group holds up to 500 events).
+LOGGED_IDS = 100
 
 EXTENSION = CELERY_EXTENSION
 # A dead, unreachable, blocked or silent broker must be answered 503 within 2 s, so every
@@ -243,13 +246,36 @@ def enqueue_events(events: list[dict[str, Any]]) -> None:
 
 
 def publish_events(celery: Celery, events: list[dict[str, Any]], callbacks: int) -> None:
-    """Publish events of one or more callbacks as one apply_events task message."""
+    """Publish events of one or more callbacks as one apply_events task message, and log
+    the callbacks it carries (the web's INFO line for accepted callbacks: one per message)."""
+    task_id = uuid.uuid4().hex
     send(
         celery,
         APPLY_EVENTS,
         events,
-        task_id=uuid.uuid4().hex,
+        task_id=task_id,
         summary=f"[{len(events)} events from {callbacks} callbacks]",
+    )
+    request_ids = list(dict.fromkeys(e["request_id"] for e in events if e.get("request_id")))
+    message_ids = [mask_message_id(e["message_id"]) for e in events[:LOGGED_IDS]]
+    providers = sorted({e["provider"] for e in events})
+    log.info(
+        "accepted callbacks=%d events=%d task_id=%s providers=%s request_ids=%s message_ids=%s",
+        callbacks,
+        len(events),
+        task_id,
+        ",".join(providers),
+        ",".join(request_ids[:LOGGED_IDS]),
+        ",".join(message_ids),
+        extra={
+            "outcome": "accepted",
+            "callbacks": callbacks,
+            "events": len(events),
+            "task_id": task_id,
+            "providers": providers,
+            "request_ids": request_ids[:LOGGED_IDS],
+            "message_ids": message_ids,
+        },
     )
 
 

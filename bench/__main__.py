@@ -1,6 +1,6 @@
 """`make bench`: Ticks beside its references, every figure measured in the same run.
 
-1. Ingest: the webhook endpoint under the production gunicorn config, against a bare Flask
+1. Ingest: the webhook endpoint under the production server (the Procfile's), against a bare Flask
    endpoint (parse JSON, answer 200) under the same config; wrk drives both.
 2. Drain: a backlog of BENCH_BACKLOG callbacks to committed rows, against a no-op task with
    Ticks' worker settings (Celery's ceiling) and the naive pipeline (bench/naive.py).
@@ -59,8 +59,11 @@ from bench.common import (
     log,
     process,
     wait_until,
+    web_argv,
     wrk,
 )
+from bench.cpu import bench_cpu
+from bench.cpu import markdown as cpu_markdown
 from bench.rabbitmq import bench_rabbitmq
 from bench.scale import bench_scale
 from bench.subscription import bench_subscription
@@ -72,14 +75,13 @@ from workers.migrate import migrate
 def bench_ingest(
     env: dict[str, str], database_url: str, broker: EmbeddedRedis, tmp: Path
 ) -> dict[str, Any]:
-    """Ticks' endpoint and the bare Flask one, same gunicorn config, same load."""
+    """Ticks' endpoint and the bare Flask one, same server (the Procfile's), same load."""
     body = json.dumps(callback("3EB0A1B2C3D4E5F6BENCH"))
     results: dict[str, Any] = {}
     for name, spec in (("bare", "bench.bare_app:app"), ("ticks", WEB_APP)):
         port = str(free_port())
-        argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", spec]
         run_env = {**env, "PORT": port, "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
-        with process(argv, run_env, tmp / f"gunicorn-{name}.log") as web:
+        with process(web_argv(spec), run_env, tmp / f"web-{name}.log") as web:
             url = f"http://127.0.0.1:{port}/webhooks/zapi/{TOKEN}"
             wait_until(
                 lambda u=url: (
@@ -141,14 +143,14 @@ def backlog() -> list[tuple[str, str, int]]:
 def queue_through_endpoint(env: dict[str, str], tmp: Path) -> None:
     """Post the backlog to Ticks' endpoint (production config, wrk, 16 connections)."""
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", WEB_APP]
+    argv = web_argv(WEB_APP)
     run_env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
     script = tmp / "backlog.lua"
     script.write_text(
         BACKLOG_LUA
         % {"total": BACKLOG, "messages": BACKLOG // 4, "path": f"/webhooks/zapi/{TOKEN}"}
     )
-    with process(argv, run_env, tmp / "gunicorn-backlog.log"):
+    with process(argv, run_env, tmp / "web-backlog.log"):
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "web")
         # wrk runs for its whole -d even once its thread stops: the script says when it is done.
         load = subprocess.Popen(
@@ -269,7 +271,7 @@ def bench_end_to_end(
 
     broker.client().flushdb()
     port = free_port()
-    web_argv = [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", WEB_APP]
+    ticks_web = web_argv(WEB_APP)
     worker_argv = [
         sys.executable,
         "-m",
@@ -286,7 +288,7 @@ def bench_end_to_end(
     with ExitStack() as stack:
         stack.enter_context(
             process(
-                web_argv,
+                ticks_web,
                 {**env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"},
                 tmp / "e2e-web.log",
             )
@@ -720,7 +722,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines = ["| Measure | Ticks | Reference | Ratio | Target |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    return "\n".join(lines) + f"\n\nMeasured {results['when']} on {results['machine']}.\n"
+    table = "\n".join(lines) + f"\n\nMeasured {results['when']} on {results['machine']}.\n"
+    return table + "\n" + cpu_markdown(results["cpu"])
 
 
 def main() -> int:
@@ -760,6 +763,7 @@ def main() -> int:
             "rabbitmq": bench_rabbitmq,
             "status_page": bench_status_page,
             "scale": bench_scale,
+            "cpu": bench_cpu,
         }
         # Run only when named in BENCH_ONLY, and then printed, not kept.
         extras = {"indexes": bench_indexes}
@@ -768,6 +772,8 @@ def main() -> int:
                 results[name] = bench(env, database_url, broker, tmp)
     if set(ONLY) != set(benches):  # a partial run: shown, not kept as the latest table
         print(json.dumps(results, indent=2))
+        if "cpu" in results:
+            print("\n" + cpu_markdown(results["cpu"]))
         return 0
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +25,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "300"))
 STATUS_EVENTS = int(os.environ.get("BENCH_STATUS_EVENTS", "3000000"))
 ONLY = os.environ.get(
-    "BENCH_ONLY", "ingest,drain,end_to_end,sustained,subscription,rabbitmq,status_page,scale"
+    "BENCH_ONLY", "ingest,drain,end_to_end,sustained,subscription,rabbitmq,status_page,scale,cpu"
 ).split(",")
 TOKEN = "bench-token"
 WORKER_CONCURRENCY = "2"
@@ -41,6 +42,22 @@ WORKER_OPTIONS = [
     "--without-mingle",
     "--without-heartbeat",
 ]
+
+
+def web_argv(spec: str) -> list[str]:
+    """A WSGI app under the Procfile's server (granian): Ticks' own launcher (app/serve.py)
+    for Ticks, granian's command with the same settings for the references (bare, naive).
+    The environment gives HOST, PORT and WEB_CONCURRENCY."""
+    if spec == WEB_APP:
+        return [sys.executable, "-m", "app.serve"]
+    granian = Path(sys.executable).parent / "granian"
+    return [
+        "/bin/sh",
+        "-c",
+        f'exec "{granian}" --interface wsgi --host "${{HOST:-127.0.0.1}}" --port "$PORT" '
+        f'--workers "${{WEB_CONCURRENCY:-2}}" --blocking-threads "${{WEB_THREADS:-64}}" '
+        f"--no-ws --log-level warning {spec}",
+    ]
 
 
 def log(message: str) -> None:

@@ -1,7 +1,7 @@
 """Reference: the pipeline a competent user writes first.
 
 An endpoint that parses each callback and sends it as its own Celery task (``web``, run under
-Ticks' gunicorn config), one Celery task per callback with Celery's default settings, and one
+the same server as Ticks'), one Celery task per callback with Celery's default settings, and one
 transaction per event: an upsert that keeps the furthest status, and a history row per new
 event. It is correct (idempotent, monotonic); it is just not built for throughput.
 """

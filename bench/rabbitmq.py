@@ -3,7 +3,7 @@
 A RabbitMQ node of its own is started from the machine's rabbitmq-server (embedded.LocalRabbitMQ;
 RabbitMQ is no Python package). Two figures, each against Redis measured in the same run:
 
-- drain: the backlog posted through the endpoint (production gunicorn config, wrk), then timed
+- drain: the backlog posted through the endpoint (the Procfile's server, wrk), then timed
   from the worker's first commit until every callback's event is committed and the queue is
   empty, with the Procfile's worker; and the no-op task's drain of the same kind of backlog
   (Celery's ceiling on RabbitMQ);
@@ -34,8 +34,9 @@ from bench.common import (
     log,
     process,
     wait_until,
+    web_argv,
 )
-from bench.sustained import ramp, web_argv, worker_argv
+from bench.sustained import ramp, worker_argv
 from embedded import LocalRabbitMQ, rabbitmq_missing
 from workers.broker import QUEUE
 

@@ -29,8 +29,9 @@ from bench.common import (
     log,
     process,
     wait_until,
+    web_argv,
 )
-from bench.sustained import STEP_SECONDS, ramp, redis_depth, web_argv, worker_argv
+from bench.sustained import STEP_SECONDS, ramp, redis_depth, worker_argv
 
 # without: no subscription; with: one, a POST per change; batched: one with --batch BATCH.
 KINDS = os.environ.get("BENCH_SUB_KINDS", "without,with,batched").split(",")

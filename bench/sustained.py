@@ -43,6 +43,7 @@ from bench.common import (
     log,
     process,
     wait_until,
+    web_argv,
     wrk,
 )
 
@@ -99,9 +100,12 @@ FROM (SELECT extract(epoch FROM created_at - received_at) * 1000 AS lag
 """
 
 
-def paced(url: str, prefix: str, rate: float, seconds: int, tmp: Path) -> dict[str, Any]:
-    """Offer ``rate`` callbacks/s for ``seconds``; return wrk's figures."""
-    connections = min(
+def paced(
+    url: str, prefix: str, rate: float, seconds: int, tmp: Path, connections: int | None = None
+) -> dict[str, Any]:
+    """Offer ``rate`` callbacks/s for ``seconds`` (over ``connections``, by default one per
+    callback a second); return wrk's figures."""
+    connections = connections or min(
         MAX_CONNECTIONS, max(4, int(rate * float(os.environ.get("BENCH_CONN_FACTOR", "1"))))
     )
     script = tmp / f"paced-{prefix}.lua"
@@ -269,10 +273,6 @@ def ramp(
     held = [s for s in steps if s["held"]]
     best = max(held, key=lambda s: s["arrived"]) if held else None
     return {"steps": steps, "capacity": best["arrived"] if best else 0.0, "at_capacity": best}
-
-
-def web_argv(spec: str) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--config", "app/gunicorn_conf.py", spec]
 
 
 def worker_argv(app: str, queue: str, options: list[str]) -> list[str]:

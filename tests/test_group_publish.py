@@ -207,7 +207,7 @@ def test_group_linger_setting_is_validated_naming_itself():
     from app.config import load_config
 
     assert load_config({"GROUP_LINGER_MS": "25"})["GROUP_LINGER_SECONDS"] == 0.025
-    assert load_config({})["GROUP_LINGER_SECONDS"] == 0.02
+    assert load_config({})["GROUP_LINGER_SECONDS"] == 0.05
     for value in ("-1", "soon", "5000"):
         with pytest.raises(RuntimeError, match="GROUP_LINGER_MS must be a number of milli"):
             load_config({"GROUP_LINGER_MS": value})

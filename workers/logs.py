@@ -54,6 +54,33 @@ def formatter_config() -> dict[str, Any]:
     return {"format": TEXT_FORMAT}
 
 
+def dict_config(level: str, own_loggers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A logging.config.dictConfig for a web server: the root logger (the app's lines) and
+    the server's own loggers (``own_loggers``: not once more through the root) to stdout, as
+    LOG_FORMAT asks, with webhook tokens redacted from both (servers write request paths)."""
+    level = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact_tokens": {"()": "workers.redact.RedactTokens"}},
+        "formatters": {"ticks": formatter_config()},
+        "root": {"level": level, "handlers": ["console"]},
+        "loggers": {
+            name: {"level": level, "handlers": ["server_console"], "propagate": False}
+            for name in own_loggers
+        },
+        "handlers": {
+            name: {
+                "class": "logging.StreamHandler",
+                "formatter": "ticks",
+                "stream": "ext://sys.stdout",
+                "filters": ["redact_tokens"],
+            }
+            for name in ("console", "server_console")
+        },
+    }
+
+
 def formatter() -> logging.Formatter:
     """Return the formatter LOG_FORMAT asks for."""
     if log_format() == "json":

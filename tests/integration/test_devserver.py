@@ -119,7 +119,7 @@ def test_start_serve_stop_restart(tmp_path):
         api_token = re.search(r"API_TOKEN: (\S+)", printed).group(1)
         assert (var / "secrets.env").read_text().count("=") >= 4
         children = server.descendants()
-        assert any("gunicorn" in " ".join(p.cmdline()) for p in children)
+        assert any("app.serve" in " ".join(p.cmdline()) for p in children)
 
         body = (FIXTURES / "zapi" / "seed_sent.json").read_bytes()
         path = zapi_url.split("localhost:", 1)[1].split("/", 1)[1]

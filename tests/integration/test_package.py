@@ -75,14 +75,7 @@ def test_pip_install_then_web_worker_and_commands_run_from_the_package(
     assert f"applied {migrations} migration(s)" in migrate.stderr
     db = psycopg.connect(database_url, autocommit=True)
     web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "python:app.gunicorn_conf",
-            "app:create_app()",
-        ],
+        [str(target / "bin" / "ticks-web")],
         cwd=outside,
         env=env,
         stdout=subprocess.DEVNULL,

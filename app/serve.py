@@ -1,0 +1,108 @@
+"""The web process: Ticks' Flask app under granian's WSGI server (the Procfile's `web`).
+
+    python -m app.serve        # or the installed `ticks-web`
+
+granian is an HTTP server written in Rust: connections, HTTP parsing and keep-alive are handled
+outside the GIL, and only the app's own code runs in Python, on a pool of threads per process.
+A request holds its thread until its callback is on the broker (app/queue.py), so each process
+has as many threads as gunicorn's gthread workers had (WEB_THREADS). Per callback it costs
+about half the CPU of gunicorn's gthread workers (docs/benchmarks.md); app/gunicorn_conf.py
+still runs the same app under gunicorn for a platform that wants it.
+
+Settings (environment): HOST (0.0.0.0), PORT (8000), WEB_CONCURRENCY (2 processes),
+WEB_THREADS (64 per process), LOG_LEVEL (info), LOG_FORMAT, PROMETHEUS_MULTIPROC_DIR (made
+and removed here when unset). No access log: webhook URLs carry tokens; Ticks logs each
+callback itself, without them. SIGTERM or SIGINT: stop accepting, finish the requests in
+flight (up to GRACEFUL_TIMEOUT seconds), exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import shutil
+import sys
+import tempfile
+
+from workers.logs import dict_config
+from workers.metrics import clear_multiprocess_dir
+
+APP = "app:create_app"
+GRACEFUL_TIMEOUT = 8  # seconds, as gunicorn's graceful_timeout was
+SERVER_LOGGERS = ("_granian", "granian.access")
+
+log = logging.getLogger("ticks.web")
+
+
+def setting(name: str, default: int, least: int = 1) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise SystemExit(
+            f"ticks-web: {name} must be a whole number of at least {least}, not {raw!r}"
+        )
+    return value
+
+
+def metrics_directory() -> str | None:
+    """Give every web process one directory for its metrics (app/metrics.py sums them), set
+    before any process creates a metric and emptied of earlier runs' samples. Return it when
+    it was made here, to be removed at exit."""
+    own = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ticks-web-metrics-")
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    clear_multiprocess_dir(directory)
+    return own
+
+
+def main() -> int:
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    level = os.environ.get("LOG_LEVEL", "info").lower()
+    config = dict_config(level, SERVER_LOGGERS)
+    logging.config.dictConfig(config)
+    host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 (a platform routes to it)
+    port = setting("PORT", 8000, least=0)
+    workers = setting("WEB_CONCURRENCY", 2)
+    threads = setting("WEB_THREADS", 64)
+    own_dir = metrics_directory()
+    try:
+        # Bad configuration stops the web here, once, with the fix (as gunicorn's preload did).
+        from app import create_app
+
+        create_app()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        Server(
+            APP,
+            address=host,
+            port=port,
+            interface=Interfaces.WSGI,
+            factory=True,
+            workers=workers,
+            blocking_threads=threads,
+            websockets=False,
+            log_level=LogLevels(level) if level in LogLevels.__members__ else LogLevels.info,
+            log_dictconfig=config,
+            log_access=False,
+            respawn_failed_workers=True,
+            workers_kill_timeout=GRACEFUL_TIMEOUT,
+        ).serve()
+    finally:
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
