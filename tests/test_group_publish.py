@@ -254,6 +254,20 @@ def test_callers_that_wait_for_their_answer_are_not_held_for_the_whole_linger():
         thread.start()
     for thread in threads:
         thread.join()
-    assert publisher.dense()  # the window was in force...
-    assert sorted(waits)[len(waits) // 2] < 0.1  # ...yet callers did not wait it out
+    assert not publisher.dense()  # their arrivals follow the answers: nothing is held
+    assert sorted(waits)[len(waits) // 2] < 0.1  # callers did not wait the window out
     assert len(waits) > 2 / 0.3 * 4  # more than a linger per round trip would allow
+
+
+def test_one_caller_that_waits_for_each_answer_is_never_held():
+    """One closed-loop caller (the test client, a provider's single queue): its callbacks
+    come back to back, densely, yet each follows its answer, so none waits for a group."""
+    broker = SlowBroker(seconds=0.001)
+    publisher = GroupPublisher(broker, linger=0.3)
+    waits = []
+    for n in range(200):
+        started = time.monotonic()
+        publisher.submit([{"n": n}])
+        waits.append(time.monotonic() - started)
+    assert [callbacks for _, callbacks in broker.messages] == [1] * 200
+    assert sorted(waits)[int(len(waits) * 0.99)] < 0.05  # never the 0.3 s window
