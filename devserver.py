@@ -245,7 +245,7 @@ def run_procfile() -> int:
 
 def main() -> int:
     """Bring everything up, and down again on Ctrl-C."""
-    # The Procfile's commands (gunicorn, celery) live beside this interpreter, in the venv,
+    # The Procfile's commands (python, celery) live beside this interpreter, in the venv,
     # which `make run` does not activate.
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])

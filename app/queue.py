@@ -44,10 +44,6 @@ BATCHER = "ticks.batcher"
 DEFAULT_LINGER_SECONDS = 0.02
 # ... that is, while at least this many callbacks arrive per linger window.
 DENSE_GROUP = 4
-# A held group goes as soon as it carries this many callbacks: at high rates a message still
-# carries many, and no answer waits the whole window for more.
-# (At 900/s on the benchmark machine: HTTP p99 135 ms against 184 ms without it.)
-GROUP_TARGET = 12
 # A group is also closed when no callback has arrived for this many mean intervals (at least
 # MIN_QUIET_SECONDS): callers that wait for their answer before sending the next (a closed
 # loop, such as Green-API's one-at-a-time delivery per instance) send nothing more meanwhile.
@@ -101,8 +97,7 @@ class GroupPublisher:
 
     While callbacks arrive densely (at least DENSE_GROUP per ``linger`` in this process)
     the publisher keeps a group open until its oldest request has waited ``linger``, the
-    group holds GROUP_TARGET callbacks or is full, or arrivals pause for a few mean
-    intervals: at a steady rate a message then carries many callbacks, where it would
+    group is full, or arrivals pause for a few mean intervals: at a steady rate a message then carries many callbacks, where it would
     otherwise carry one and the workers would pay their whole per-message cost for each.
     Callers that wait for each answer before sending the next are not held (ECHO_WINDOW).
     When arrivals are sparse, a request's events are published as soon as they arrive.
@@ -206,7 +201,7 @@ class GroupPublisher:
                 # Until the linger is over, the group is full, or arrivals pause (a few
                 # callers that each wait for their answer: no more are coming).
                 close_at = self.waiting[0].arrived + self.linger
-                while self.waiting_events < self.max_events and len(self.waiting) < GROUP_TARGET:
+                while self.waiting_events < self.max_events:
                     pause = max(QUIET_INTERVALS * self.mean_interval, MIN_QUIET_SECONDS)
                     wake_at = min(close_at, self.last_arrival + pause)
                     remaining = wake_at - time.monotonic()
