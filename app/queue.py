@@ -97,8 +97,9 @@ class GroupPublisher:
 
     While callbacks arrive densely (at least DENSE_GROUP per ``linger`` in this process)
     the publisher keeps a group open until its oldest request has waited ``linger``, the
-    group is full, or arrivals pause for a few mean intervals: at a steady rate a message then carries many callbacks, where it would
-    otherwise carry one and the workers would pay their whole per-message cost for each.
+    group is full, or arrivals pause for a few mean intervals: at a steady rate a message
+    then carries many callbacks, where it would otherwise carry one and the workers would pay
+    their whole per-message cost for each.
     Callers that wait for each answer before sending the next are not held (ECHO_WINDOW).
     When arrivals are sparse, a request's events are published as soon as they arrive.
     """
