@@ -35,6 +35,8 @@ from bench.sustained import paced
 
 RATES = [int(r) for r in os.environ.get("BENCH_CPU_RATES", "300,600").split(",")]
 SECONDS = int(os.environ.get("BENCH_CPU_SECONDS", "30"))
+# Web processes of the pipelines (the Procfile's default: 2).
+WEB_CONCURRENCY = os.environ.get("BENCH_CPU_WEB_CONCURRENCY", "2")
 # Providers' connections to the web, kept open, each paced: enough that answers held for a
 # group (GROUP_LINGER_MS) do not slow the offered rate.
 CONNECTIONS = int(os.environ.get("BENCH_CPU_CONNECTIONS", "256"))
@@ -251,7 +253,7 @@ def bench_cpu(env: dict[str, str], database_url: str, broker: Any, tmp: Path) ->
     if "bare" in PIPELINES:
         results["bare"] = bare(env, tmp)
     redis_servers = {"postgres": postgres, "broker": [broker.process.pid]}
-    ticks_env = {**env, "BROKER_URL": env["REDIS_URL"], "WEB_CONCURRENCY": "2"}
+    ticks_env = {**env, "BROKER_URL": env["REDIS_URL"], "WEB_CONCURRENCY": WEB_CONCURRENCY}
     # Experiments: BENCH_CPU_WEB / BENCH_CPU_WORKER replace the Procfile's commands.
     web = os.environ.get("BENCH_CPU_WEB") or procfile("web")
     worker = os.environ.get("BENCH_CPU_WORKER") or procfile("worker")
