@@ -59,7 +59,9 @@ ARRIVAL_SMOOTHING = 0.2
 # answers and holding a group open would only slow those callers down (each round trip would
 # pay the window: one caller went from 6 to 14 ms a callback), so nothing is held. When
 # publishes come too often to tell, arrivals are taken as not driven by the answers: a busy
-# web never stops grouping on a guess.
+# web never stops grouping on a guess. So a fast closed-loop caller is held now and then
+# (about one callback in three, for a few mean intervals): 11 ms a callback over HTTP where
+# holding each would cost it 14 ms, and 2 ms without any window.
 ECHO_WINDOW = 0.005
 ECHO_SHARE = 0.5
 
@@ -100,7 +102,7 @@ class GroupPublisher:
     group is full, or arrivals pause for a few mean intervals: at a steady rate a message
     then carries many callbacks, where it would otherwise carry one and the workers would pay
     their whole per-message cost for each.
-    Callers that wait for each answer before sending the next are not held (ECHO_WINDOW).
+    Callers that wait for each answer before sending the next are seldom held (ECHO_WINDOW).
     When arrivals are sparse, a request's events are published as soon as they arrive.
     """
 
@@ -153,9 +155,10 @@ class GroupPublisher:
                     else ARRIVAL_SMOOTHING * interval + (1 - ARRIVAL_SMOOTHING) * self.mean_interval
                 )
             self.last_arrival = pending.arrived
-            echo = 1.0 if pending.arrived - self.last_publish < ECHO_WINDOW else 0.0
+            # Stamped before the lock: a publish may have finished since (a negative gap).
+            echo = 1.0 if 0 <= pending.arrived - self.last_publish < ECHO_WINDOW else 0.0
             self.echoes = ARRIVAL_SMOOTHING * echo + (1 - ARRIVAL_SMOOTHING) * self.echoes
-            by_chance = ECHO_WINDOW / self.publish_gap
+            by_chance = ECHO_WINDOW / max(self.publish_gap, 1e-9)
             self.answer_driven = by_chance < ECHO_SHARE and self.echoes >= max(
                 ECHO_SHARE, 2 * by_chance
             )

@@ -37,15 +37,15 @@ SERVER_LOGGERS = ("_granian", "granian.access")
 log = logging.getLogger("ticks.web")
 
 
-def setting(name: str, default: int, least: int = 1) -> int:
+def setting(name: str, default: int, least: int = 1, most: int = 10_000) -> int:
     raw = os.environ.get(name, str(default))
     try:
         value = int(raw)
     except ValueError:
         value = least - 1
-    if value < least:
+    if not least <= value <= most:
         raise SystemExit(
-            f"ticks-web: {name} must be a whole number of at least {least}, not {raw!r}"
+            f"ticks-web: {name} must be a whole number from {least} to {most}, not {raw!r}"
         )
     return value
 
@@ -68,23 +68,28 @@ def main() -> int:
     from granian.log import LogLevels
     from granian.server import Server
 
-    level = os.environ.get("LOG_LEVEL", "info").lower()
+    level = os.environ.get("LOG_LEVEL", "info").strip().lower()
+    if level not in LogLevels.__members__:
+        raise SystemExit(
+            f"ticks-web: LOG_LEVEL must be one of {', '.join(LogLevels.__members__)}, not {level!r}"
+        )
     config = dict_config(level, SERVER_LOGGERS)
     logging.config.dictConfig(config)
     host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 (a platform routes to it)
-    port = setting("PORT", 8000, least=0)
+    port = setting("PORT", 8000, least=0, most=65535)
     workers = setting("WEB_CONCURRENCY", 2)
     threads = setting("WEB_THREADS", 64)
     own_dir = metrics_directory()
     try:
-        # Bad configuration stops the web here, once, with the fix (as gunicorn's preload did).
-        from app import create_app
+        try:
+            # Bad configuration stops the web here, once, with the fix (as gunicorn's preload
+            # did).
+            from app import create_app
 
-        create_app()
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    try:
+            create_app()
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 1
         Server(
             APP,
             address=host,
@@ -94,7 +99,7 @@ def main() -> int:
             workers=workers,
             blocking_threads=threads,
             websockets=False,
-            log_level=LogLevels(level) if level in LogLevels.__members__ else LogLevels.info,
+            log_level=LogLevels(level),
             log_dictconfig=config,
             log_access=False,
             respawn_failed_workers=True,

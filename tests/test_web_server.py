@@ -222,3 +222,27 @@ def test_a_stopping_web_answers_the_callbacks_it_holds(database_url, redis_url, 
     assert answers.count(200) == len(ids & {f"T{n}" for n in range(40)})
     assert answers.count(200) > 0, log_path.read_text()
     assert set(answers) <= {200, 503, 0}, answers
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of"),
+        ({"PORT": "70000"}, "PORT must be a whole number from 0 to 65535"),
+        ({"WEB_THREADS": "many"}, "WEB_THREADS must be a whole number"),
+        ({"TWILIO_AUTH_TOKENS": "t", "PUBLIC_URL": ""}, "PUBLIC_URL"),
+    ],
+)
+def test_a_misconfigured_web_stops_at_once_naming_the_setting(
+    database_url, redis_url, tmp_path, settings, said
+):
+    """Bad settings stop `python -m app.serve` at start, with one line naming the setting,
+    and leave no metrics directory behind (a platform restarting it would pile them up)."""
+    env = web_env(database_url, redis_url, free_port(), TMPDIR=str(tmp_path), **settings)
+    result = subprocess.run(
+        SERVERS["procfile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert said in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not list(tmp_path.glob("ticks-web-metrics-*"))
