@@ -2,24 +2,17 @@
 
 import os
 import shutil
-import tempfile
-from pathlib import Path
 
 from gunicorn.glogging import Logger
 
 from workers.logs import dict_config
-from workers.metrics import clear_multiprocess_dir
+from workers.metrics import web_metrics_dir
 
 # Metrics: every worker process writes its samples here and /metrics adds them up. Set in
 # gunicorn's master before create_app() makes the metrics (app/metrics.py: they follow the
 # directory whatever imported prometheus_client first), emptied at start so no old process
 # counts.
-OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if OWN_METRICS_DIR:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ticks-web-metrics-")
-METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-METRICS_DIR.mkdir(parents=True, exist_ok=True)
-clear_multiprocess_dir(str(METRICS_DIR))
+OWN_METRICS_DIR = web_metrics_dir()
 
 
 def child_exit(server, worker) -> None:
@@ -32,7 +25,7 @@ def child_exit(server, worker) -> None:
 def on_exit(server) -> None:
     """Remove the metrics directory gunicorn made for itself."""
     if OWN_METRICS_DIR:
-        shutil.rmtree(METRICS_DIR, ignore_errors=True)
+        shutil.rmtree(OWN_METRICS_DIR, ignore_errors=True)
 
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104

@@ -51,6 +51,15 @@ QUIET_INTERVALS = 3
 MIN_QUIET_SECONDS = 0.001
 # The smoothing of the mean interval between arrivals (exponential moving average).
 ARRIVAL_SMOOTHING = 0.2
+
+
+def moving_average(mean: float, value: float) -> float:
+    """The mean after one more value (the first value when there was none: ``mean`` inf)."""
+    if math.isinf(mean):
+        return value
+    return ARRIVAL_SMOOTHING * value + (1 - ARRIVAL_SMOOTHING) * mean
+
+
 # Callers that wait for their answer before sending the next (a closed loop) send right after
 # a group is published: an arrival within ECHO_WINDOW of the last publish is an answer's echo.
 # Callers that do not wait (most providers) arrive at any time, so about ECHO_WINDOW / (time
@@ -149,15 +158,11 @@ class GroupPublisher:
         with self.lock:
             if self.last_arrival:
                 interval = pending.arrived - self.last_arrival
-                self.mean_interval = (
-                    interval
-                    if math.isinf(self.mean_interval)
-                    else ARRIVAL_SMOOTHING * interval + (1 - ARRIVAL_SMOOTHING) * self.mean_interval
-                )
+                self.mean_interval = moving_average(self.mean_interval, interval)
             self.last_arrival = pending.arrived
             # Stamped before the lock: a publish may have finished since (a negative gap).
             echo = 1.0 if 0 <= pending.arrived - self.last_publish < ECHO_WINDOW else 0.0
-            self.echoes = ARRIVAL_SMOOTHING * echo + (1 - ARRIVAL_SMOOTHING) * self.echoes
+            self.echoes = moving_average(self.echoes, echo)
             by_chance = ECHO_WINDOW / max(self.publish_gap, 1e-9)
             self.answer_driven = by_chance < ECHO_SHARE and self.echoes >= max(
                 ECHO_SHARE, 2 * by_chance
@@ -235,12 +240,7 @@ class GroupPublisher:
         finally:
             with self.lock:
                 now = time.monotonic()
-                gap = now - self.last_publish
-                self.publish_gap = (
-                    gap
-                    if math.isinf(self.publish_gap)
-                    else ARRIVAL_SMOOTHING * gap + (1 - ARRIVAL_SMOOTHING) * self.publish_gap
-                )
+                self.publish_gap = moving_average(self.publish_gap, now - self.last_publish)
                 self.last_publish = now
             for item in batch:
                 item.settled.set()

@@ -25,42 +25,16 @@ import logging.config
 import os
 import shutil
 import sys
-import tempfile
 
 from workers.logs import dict_config
-from workers.metrics import clear_multiprocess_dir
+from workers.metrics import web_metrics_dir
+from workers.settings import whole
 
 APP = "app:create_app"
 GRACEFUL_TIMEOUT = 8  # seconds, as gunicorn's graceful_timeout was
 SERVER_LOGGERS = ("_granian", "granian.access")
 
 log = logging.getLogger("ticks.web")
-
-
-def setting(name: str, default: int, least: int = 1, most: int = 10_000) -> int:
-    raw = os.environ.get(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        value = least - 1
-    if not least <= value <= most:
-        raise SystemExit(
-            f"ticks-web: {name} must be a whole number from {least} to {most}, not {raw!r}"
-        )
-    return value
-
-
-def metrics_directory() -> str | None:
-    """Give every web process one directory for its metrics (app/metrics.py sums them), set
-    before any process creates a metric and emptied of earlier runs' samples. Return it when
-    it was made here, to be removed at exit."""
-    own = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        own = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ticks-web-metrics-")
-    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(directory, exist_ok=True)
-    clear_multiprocess_dir(directory)
-    return own
 
 
 def main() -> int:
@@ -76,10 +50,13 @@ def main() -> int:
     config = dict_config(level, SERVER_LOGGERS)
     logging.config.dictConfig(config)
     host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 (a platform routes to it)
-    port = setting("PORT", 8000, least=0, most=65535)
-    workers = setting("WEB_CONCURRENCY", 2)
-    threads = setting("WEB_THREADS", 64)
-    own_dir = metrics_directory()
+    try:
+        port = whole(os.environ, "PORT", 8000, 0, 65535)
+        workers = whole(os.environ, "WEB_CONCURRENCY", 2, 1, 10_000, "processes")
+        threads = whole(os.environ, "WEB_THREADS", 64, 1, 10_000, "threads")
+    except RuntimeError as exc:
+        raise SystemExit(f"ticks-web: {exc}") from None
+    own_dir = web_metrics_dir()
     try:
         try:
             # Bad configuration stops the web here, once, with the fix (as gunicorn's preload

@@ -32,6 +32,7 @@ import psycopg
 
 from bench.common import ROOT, TOKEN, free_port, http_ok, log, process, wait_until
 from bench.sustained import paced
+from devserver import procfile_commands
 
 RATES = [int(r) for r in os.environ.get("BENCH_CPU_RATES", "300,600").split(",")]
 SECONDS = int(os.environ.get("BENCH_CPU_SECONDS", "30"))
@@ -58,10 +59,7 @@ BARE_SERVERS = {
 
 def procfile(name: str) -> str:
     """The Procfile's command for one process, as written there."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(name)
+    return procfile_commands(ROOT / "Procfile")[name]
 
 
 def shell(command: str) -> list[str]:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from devserver import procfile_commands
 from tests.conftest import API_TOKEN, ROOT, free_port, load_fixture, queued, wait_for
 from workers.redact import redact_paths
 
@@ -38,8 +39,7 @@ SERVER_LOGGER = {"procfile": "_granian", "gunicorn": "gunicorn.error"}
 
 def test_the_procfile_web_line_is_the_served_one():
     """SERVERS["procfile"] is what the Procfile runs (with python -m for this venv)."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    assert line.split(":", 1)[1].split() == ["python", "-m", "app.serve"]
+    assert procfile_commands(ROOT / "Procfile")["web"].split() == ["python", "-m", "app.serve"]
 
 
 def web_env(database_url: str, redis_url: str, port: int, **settings: str) -> dict[str, str]:

@@ -257,6 +257,11 @@ def drop_partitions(conn: psycopg.Connection, cutoff: datetime) -> list[str]:
     return dropped
 
 
+# What retention counts (ticks_retention_removed{table}): rows per table, and history days.
+EXPIRED_TABLES = (*EXPIRE, "changes")
+PARTITIONS_REMOVED = "status_events_partitions"
+
+
 def expire(conn: psycopg.Connection, now: datetime, settings: Retention) -> dict[str, int]:
     """Delete every expired row, a batch per transaction; return how many per table."""
     params = {
@@ -269,7 +274,7 @@ def expire(conn: psycopg.Connection, now: datetime, settings: Retention) -> dict
         "changes_cutoff": now - timedelta(days=settings.changes_days),
         "delivery_cutoff": now - timedelta(days=settings.delivery_days),
     }
-    removed = dict.fromkeys([*EXPIRE, "changes"], 0)
+    removed = dict.fromkeys(EXPIRED_TABLES, 0)
     for table in removed:
         while True:
             with conn.transaction():
@@ -332,7 +337,7 @@ def run(
             removed = expire(conn, now, settings)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
-    removed["status_events_partitions"] = len(dropped)
+    removed[PARTITIONS_REMOVED] = len(dropped)
     return Report(created, dropped, removed)
 
 
@@ -348,7 +353,10 @@ class Housekeeping(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         from workers.db import database_url
+        from workers.metrics import metrics
 
+        for table in (*EXPIRED_TABLES, PARTITIONS_REMOVED):  # a series each, at 0
+            metrics().retention_removed.labels(table)
         self.settings = Retention.from_env()
         self.conninfo = database_url()
         self.stopping = threading.Event()

@@ -88,7 +88,6 @@ class WorkerMetrics:
         """Make every series whose labels are known in advance, at 0, so that dashboards and
         rate() alerts have a series before the first event of its kind (Prometheus' advice)."""
         from schemas.registry import PROVIDERS
-        from workers.housekeeping import EXPIRE
         from workers.statuses import STATUSES, next_status
         from workers.store import Outcome
 
@@ -104,8 +103,7 @@ class WorkerMetrics:
             self.retries.labels(reason)
         for outcome in ("delivered", "failed", "dead"):
             self.deliveries.labels(outcome)
-        for table in (*EXPIRE, "changes", "status_events_partitions"):
-            self.retention_removed.labels(table)
+        # ticks_retention_removed's tables: by housekeeping when it starts (it knows them).
 
 
 @cache
@@ -129,6 +127,21 @@ def use_multiprocess_dir() -> None:
         os.environ[OWN_DIR_FLAG] = "1"
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     clear_multiprocess_dir(directory)
+
+
+def web_metrics_dir() -> str | None:
+    """In a web server's main process, before any metric: give every web process one
+    directory for its samples (app/metrics.py sums them): PROMETHEUS_MULTIPROC_DIR, or a fresh
+    temporary one, emptied of earlier runs' samples. Return it when it was made here, for the
+    server to remove at exit."""
+    own = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own = tempfile.mkdtemp(prefix="ticks-web-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    clear_multiprocess_dir(directory)
+    return own
 
 
 def clear_multiprocess_dir(directory: str) -> None:

@@ -22,11 +22,13 @@ def seconds(
     return value
 
 
-def whole(env: Mapping[str, str], name: str, default: int, least: int, most: int, unit: str) -> int:
-    """A setting that is a whole number from ``least`` to ``most``, or fail naming it."""
+def whole(
+    env: Mapping[str, str], name: str, default: int, least: int, most: int, unit: str = ""
+) -> int:
+    """A setting that is a whole number (of ``unit``) from ``least`` to ``most``, or fail
+    naming it."""
     raw = env.get(name, str(default)).strip()
     if not raw.isdigit() or not least <= int(raw) <= most:
-        raise RuntimeError(
-            f"{name} must be a whole number of {unit} from {least} to {most}, not {raw!r}"
-        )
+        of = f" of {unit}" if unit else ""
+        raise RuntimeError(f"{name} must be a whole number{of} from {least} to {most}, not {raw!r}")
     return int(raw)

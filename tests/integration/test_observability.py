@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from devserver import procfile_commands
 from tests.conftest import (
     API_TOKEN,
     ROOT,
@@ -42,14 +43,6 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 DOCS = ROOT / "docs"
 
 
-def procfile_command(name: str) -> str:
-    """The Procfile's command for one process, exactly as written there."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"no {name}: line in the Procfile")
-
-
 class Process:
     """One Procfile process, run by a shell as a platform (or honcho) runs it."""
 
@@ -57,7 +50,7 @@ class Process:
         self.log_path = log_path
         self.log = log_path.open("w")
         self.process = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {procfile_command(name)}"],
+            ["/bin/sh", "-c", f"exec {procfile_commands(ROOT / 'Procfile')[name]}"],
             cwd=ROOT,
             env=env,
             stdout=self.log,
