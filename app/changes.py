@@ -53,6 +53,29 @@ def read(after: tuple[int, int], limit: int) -> list[dict[str, Any]]:
         return store.fetch_changes(conn, after, limit)
 
 
+def check_not_ahead(after: tuple[int, int]) -> None:
+    """A cursor this feed never gave: 409 naming the newest, or its reader would wait for
+    ever and miss every change (its database restored from a backup, or another
+    installation's cursor)."""
+    if after == (0, 0):
+        return
+    with reading() as conn:
+        newest = store.feed_ahead(conn, after)
+    if newest is not None:
+        raise ApiError(
+            409,
+            "cursor ahead of the feed",
+            errors={
+                "after": [
+                    f"this feed never gave this cursor: its newest is {newest} (a database "
+                    "restored from a backup, or a cursor of another installation?): read on "
+                    "from there, or again from 0, and reconcile with GET /messages"
+                ]
+            },
+            newest=newest,
+        )
+
+
 def check_not_expired(after: tuple[int, int]) -> None:
     """A cursor before the last change retention removed: 410, or its reader would go on
     unaware of what it missed (retention removes the feed in its own order, so a cursor at or
@@ -80,6 +103,7 @@ def changes() -> Response:
     that many seconds for the first one."""
     require_api_token()
     cursor, after, limit, wait = changes_query(request.args)
+    check_not_ahead(after)
     rows = read(after, limit)
     if not rows and wait > 0:
         semaphore = waiters()

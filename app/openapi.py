@@ -314,6 +314,10 @@ def build_spec() -> dict[str, Any]:
                 "responses": {
                     "200": answer("changes, and the cursor to read on from", "ChangePage"),
                     "400": answer("a bad after, limit or wait, named in errors"),
+                    "409": answer(
+                        "after is past anything this feed gave (a restored database, another"
+                        " installation's cursor): newest names the feed's newest cursor"
+                    ),
                     "410": answer(
                         "after is older than changes retention removed: read again from 0"
                     ),

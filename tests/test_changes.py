@@ -273,3 +273,34 @@ def expected_changes(batches):
                         changes.append((ev.message_id, ev.status, before, ev.participant))
                     seen.append(ev.status)
     return changes
+
+
+def test_a_cursor_ahead_of_the_feed_is_a_409_naming_the_newest(client, db):
+    """A saved cursor past anything this feed gave (its database restored from a backup, a
+    cursor of another installation) once got 200 and an empty page for ever: its reader waited
+    and missed every change. It is told, with the cursor to read on from."""
+    store.apply_events(db, [event(f"A{n}", "sent") for n in range(2)])
+    db.commit()
+    page = feed(client)
+    newest = page["next"]
+    txid, change_id = (int(part) for part in newest.split("-"))
+    for ahead in (f"{txid + 10**9}-{change_id}", f"{txid}-{change_id + 1000}", f"{txid + 10**9}-1"):
+        response = client.get(f"/changes?after={ahead}&wait=5", headers=AUTH)
+        assert response.status_code == 409, (ahead, response.json)
+        assert response.json["newest"] == newest
+        assert newest in response.json["errors"]["after"][0]
+    # Where the feed is and before it, a reader goes on as ever.
+    assert feed(client, newest)["changes"] == []
+    assert [c["message_id"] for c in feed(client, page["changes"][0]["cursor"])["changes"]] == [
+        "A1"
+    ]
+    store.apply_events(db, [event("A2", "sent")])
+    db.commit()
+    assert [c["message_id"] for c in feed(client, newest)["changes"]] == ["A2"]
+
+
+def test_a_cursor_ahead_of_an_empty_feed_names_the_start(client, db):
+    (next_txid,) = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+    response = client.get(f"/changes?after={int(next_txid) + 1000}-1", headers=AUTH)
+    assert response.status_code == 409
+    assert response.json["newest"] == "0"

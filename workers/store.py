@@ -472,6 +472,31 @@ def feed_horizon(conn: psycopg.Connection) -> tuple[int, int] | None:
     return (int(row[0]), row[1]) if row else None
 
 
+# How far the feed has come: the next transaction id not yet given (a cursor's txid must be
+# below it), the last change id given (its id must not pass it), and the newest change a reader
+# can see (below every running transaction, as SELECT_CHANGES reads).
+FEED_FRONT = """
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS next_txid,
+       GREATEST((SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM changes_id_seq),
+                (SELECT max(id) FROM changes)) AS last_id,
+       (SELECT txid::text || '-' || id FROM changes
+        WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY changes.txid DESC, changes.id DESC LIMIT 1) AS newest,
+       (SELECT txid::text || '-' || id FROM feed_horizon) AS horizon
+"""
+
+
+def feed_ahead(conn: psycopg.Connection, after: tuple[int, int]) -> str | None:
+    """The feed's newest cursor when ``after`` is past anything this feed ever gave (a database
+    restored from a backup, a cursor of another installation), else None."""
+    row = conn.execute(FEED_FRONT).fetchone()
+    assert row is not None
+    next_txid, last_id, newest, horizon = row
+    if after[0] < int(next_txid) and after[1] <= last_id:
+        return None
+    return str(newest or horizon or "0")
+
+
 def fetch_changes(
     conn: psycopg.Connection, after: tuple[int, int], limit: int
 ) -> list[dict[str, Any]]:
