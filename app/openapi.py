@@ -151,7 +151,10 @@ def webhook_paths(spec: APISpec, record: ProviderRecord) -> None:
                 },
                 "400": answer("hub.mode is not subscribe, or no usable hub.challenge"),
                 "403": answer(f"hub.verify_token is not one of {record.handshake.setting}"),
-                "404": answer(f"{record.handshake.setting} is not set"),
+                "404": answer(
+                    f"{record.handshake.setting} or {' / '.join(record.auth.settings)} is not"
+                    " set (its POSTs could not be checked)"
+                ),
             },
         }
     spec.path(path, operations=operations)

@@ -125,8 +125,11 @@ def handshake(provider: str) -> Response:
         abort(404)
     if record.handshake is None:
         abort(405, valid_methods=["POST"])
-    tokens = current_app.config["PROVIDER_SECRETS"].get(record.handshake.setting)
-    if not tokens:
+    secrets = current_app.config["PROVIDER_SECRETS"]
+    tokens = secrets.get(record.handshake.setting)
+    # Verified without a secret to prove its POSTs, a subscription would be saved and every
+    # POST refused (404) until the provider gives up and disables it: fail the check instead.
+    if not tokens or not record.configured(secrets):
         abort(404)
     challenge = request.args.get("hub.challenge", "")
     if request.args.get("hub.mode") != "subscribe" or not challenge:

@@ -534,6 +534,17 @@ def test_meta_is_404_until_its_secrets_are_set(database_url, redis_url, broker):
     assert verify(client, **{"hub.verify_token": "x"}).status_code == 404
 
 
+def test_meta_verification_fails_until_its_app_secret_is_set(database_url, redis_url, broker):
+    """A verify token alone once passed Meta's "Verify and save" while every POST was 404 (no
+    app secret to check their signatures): Meta disabled the webhook after its retries."""
+    token = VERIFY_TOKENS["meta"][0]
+    client = make_app(
+        database_url, redis_url, PROVIDER_SECRETS={"META_VERIFY_TOKENS": (token,)}
+    ).test_client()
+    assert verify(client, **{"hub.verify_token": token}).status_code == 404
+    assert signed_post(client, "meta", load_fixture("meta", "sent"), "x").status_code == 404
+
+
 def test_a_provider_without_a_handshake_answers_get_405(client):
     response = client.get("/webhooks/zapi")
     assert response.status_code == 405
