@@ -35,7 +35,7 @@ def database_answers() -> bool:
 
 
 def broker_answers() -> bool:
-    """Return whether the broker answers a PING."""
+    """Return whether the broker takes a write now (up, and not refusing publishes)."""
     try:
         ping_broker()
         return True
@@ -59,7 +59,11 @@ def readyz() -> Response:
         "database": "ok" if database else "unavailable",
     }
     if not broker:
-        response = jsonify(error="broker unavailable: callbacks cannot be accepted", **body)
+        response = jsonify(
+            error="broker unavailable or refusing publishes (down, or a memory or disk alarm):"
+            " callbacks cannot be accepted",
+            **body,
+        )
         response.status_code = 503
         return response
     return jsonify(status="ok", **body)

@@ -264,6 +264,20 @@ def test_readyz_names_the_broker_when_it_is_down(database_url):
     assert "broker" in response.json["error"]
 
 
+def test_readyz_is_503_while_redis_refuses_writes(client, broker):
+    """A Redis at its maxmemory (noeviction) answers PING but refuses every publish: readiness
+    once said ready while each callback was answered 503."""
+    broker.config_set("maxmemory", 1)
+    try:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert "refusing publishes" in response.json["error"]
+        assert client.post(ZAPI_URL, json=load_fixture("zapi", "seed_sent")).status_code == 503
+    finally:
+        broker.config_set("maxmemory", 0)
+    assert client.get("/readyz").status_code == 200
+
+
 def test_readyz_stays_ready_when_only_the_database_is_down(redis_url, broker):
     """Callbacks are still accepted (the workers wait the outage out): the web stays in
     rotation, and says the database is down."""

@@ -47,6 +47,9 @@ ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     socket.timeout,
 )
+# What readiness writes to prove the broker takes writes (a key on Redis, an unroutable
+# message on RabbitMQ): nothing consumes it.
+READINESS_PROBE = "ticks.readiness-probe"
 # A message whose worker died while running it is redelivered (acks_late); after this many
 # deliveries it is dead-lettered instead of killing workers forever.
 MAX_DELIVERIES = 3
@@ -206,8 +209,10 @@ class RedisBroker:
         return QueueSnapshot(waiting=depth, oldest_age=age, unacked=unacked, inflight=inflight)
 
     def ping(self, celery: Celery) -> None:
+        """Raise unless Redis takes a write: a PING is answered by a Redis at its maxmemory
+        (noeviction) or a read-only replica, which refuse every publish."""
         with celery.connection_for_write() as conn:
-            conn.default_channel.client.ping()
+            conn.default_channel.client.set(READINESS_PROBE, "1", ex=60)
 
 
 # kombu's Redis transport options the ledger depends on, with the only values it follows.
@@ -368,10 +373,29 @@ class RabbitBroker:
             return None
         return QueueSnapshot(waiting=waiting, oldest_age=None, unacked=None, inflight=None)
 
-    def ping(self, celery: Celery) -> None:
-        with celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-            conn.default_channel  # noqa: B018  (opens a channel: the broker answered)
+    def ping(self, celery: Celery, timeout: float = 2) -> None:
+        """Raise unless RabbitMQ confirms two publishes in turn, each within ``timeout``:
+        under a memory or disk alarm it still opens connections and channels, and even takes a
+        connection's first publish, then reads nothing more from it ("blocking", then
+        "blocked": RabbitMQ's alarms page). One probe on a new connection would pass.
+
+        The probes go to the default exchange under a name no queue has: RabbitMQ drops them
+        and confirms (unroutable, not mandatory), so nothing is left anywhere."""
+        with celery.producer_pool.acquire(block=True, timeout=timeout) as producer:
+            try:
+                for _ in range(2):
+                    producer.publish(
+                        b"",
+                        exchange="",
+                        routing_key=READINESS_PROBE,
+                        delivery_mode=1,
+                        retry=False,
+                        timeout=timeout,
+                        confirm_timeout=timeout,
+                    )
+            except BaseException:
+                producer.connection.collect()  # blocked or half dead: the next one connects
+                raise
 
     def check_server(self, celery: Celery) -> None:
         """Nothing to check: RabbitMQ's alarms block publishers, which Ticks answers 503."""

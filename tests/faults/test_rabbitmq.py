@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import kombu
 import pytest
 from flask.testing import FlaskClient
 
-from embedded import RABBITMQ_SERVER, LocalRabbitCluster, LocalRabbitMQ
+from embedded import RABBITMQ_SERVER, RABBITMQCTL, LocalRabbitCluster, LocalRabbitMQ
 from tests.conftest import empty_rabbitmq, make_app, skip_or_fail, wait_for
 from tests.faults.helpers import (
     ZAPI_URL,
@@ -268,6 +269,19 @@ def test_a_blocked_rabbitmq_is_answered_503_within_2s(db, tmp_path, database_url
             response = client.post(ZAPI_URL, json=zapi("SENT", f"BLK-{n}"))
             assert response.status_code == 503, response.json
             assert time.monotonic() - started < 2
+        # Readiness once answered 200 here (the node opens connections and channels under an
+        # alarm): a load balancer kept sending callbacks to a web that refused them all.
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "refusing publishes" in ready.json["error"]
+        subprocess.run(  # the alarm clears: publishes and readiness come back
+            [RABBITMQCTL, "-n", server.name, "set_vm_memory_high_watermark", "0.8"],
+            env={**os.environ, "HOME": str(server.home)},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=30)
+        assert client.post(ZAPI_URL, json=zapi("SENT", "BLK-after")).status_code == 200
     finally:
         server.stop(signal.SIGKILL)
 
