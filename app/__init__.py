@@ -12,6 +12,9 @@ from app.errors import register_error_handlers
 from app.metrics import init_metrics
 from app.queue import init_queue
 
+# The package's version (setup.cfg reads it from here): OpenAPI's info.version says it too.
+__version__ = "0.10.0"
+
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the web application."""

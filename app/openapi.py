@@ -9,6 +9,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app, jsonify
 
+import app as package
 from schemas import api
 from schemas.fields import EpochTimestamp, Identifier, Text
 from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each
@@ -172,7 +173,7 @@ def build_spec() -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Ticks",
-        version="1.0.0",
+        version=package.__version__,
         openapi_version="3.0.3",
         plugins=[plugin],
         info={
@@ -349,22 +350,32 @@ def build_spec() -> dict[str, Any]:
                 }
             },
         )
+        identified = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
         spec.path(
             f"{path}/{{id}}",
             operations={
                 "get": {
                     "summary": f"One {kind}, whole",
                     "security": BEARER,
-                    "parameters": [
-                        {
-                            "name": "id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
+                    "parameters": identified,
                     "responses": {
                         "200": answer(kind, item),
+                        "401": ERRORS["401"],
+                        "404": answer(f"no such {kind}"),
+                    },
+                }
+            },
+        )
+        spec.path(
+            f"{path}/{{id}}/discard",
+            operations={
+                "post": {
+                    "summary": f"Take a {kind} off the pending list (the row is kept)",
+                    "description": "Discarding again changes nothing (discarded_at stays).",
+                    "security": BEARER,
+                    "parameters": identified,
+                    "responses": {
+                        "200": answer(f"the {kind}, discarded", item),
                         "401": ERRORS["401"],
                         "404": answer(f"no such {kind}"),
                     },

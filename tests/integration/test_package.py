@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,6 +116,10 @@ def test_pip_install_then_web_worker_and_commands_run_from_the_package(
         page = urllib.request.Request(f"{base}/", headers={"Authorization": f"Bearer {API_TOKEN}"})
         with urllib.request.urlopen(page, timeout=10) as response:  # the packaged template
             assert b"<html" in response.read().lower()
+        # The API's description names the version installed (it once said 1.0.0 of 0.10.0).
+        (dist,) = target.glob("ticks-*.dist-info")
+        with urllib.request.urlopen(f"{base}/openapi.json", timeout=10) as response:
+            assert json.load(response)["info"]["version"] == dist.stem.split("-")[1]
         post = urllib.request.Request(
             f"{base}/webhooks/zapi/pkg-token",
             data=(Path(ROOT) / "tests/fixtures/zapi/seed_sent.json").read_bytes(),
