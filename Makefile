@@ -27,7 +27,7 @@ $(STAMP_DEV): requirements.txt requirements-embedded.txt requirements-dev.txt | 
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@ $(STAMP_RUN)
 
-run: $(STAMP_RUN) ## Start web, worker and Flower (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
+run: $(STAMP_RUN) ## Start web, worker, deliveries and Flower (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
 	$(PY) -m devserver
 
 # The status page's browser test drives a Chromium: the system's (Debian: `apt-get install
@@ -45,8 +45,8 @@ lint: $(STAMP_DEV) ## Lint and type-check (ruff, mypy)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app workers schemas devserver.py embedded.py
 
-migrate: $(STAMP_RUN) ## Apply pending migrations to DATABASE_URL
-	$(PY) -m workers.migrate
+migrate: $(STAMP_RUN) ## Apply pending migrations to DATABASE_URL, else to make run's embedded PostgreSQL
+	$(PY) -m devserver migrate
 
 bench: $(STAMP_DEV) ## Run the benchmarks
 	$(PY) -m bench

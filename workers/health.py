@@ -14,6 +14,7 @@ failed otherwise. A worker frozen whole does not answer at all.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -128,12 +129,32 @@ def health_app(
     return app
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: an optional URL, and --help saying what the exit codes mean."""
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.health",
+        description="Ask the worker on this host whether it is healthy (GET /healthz on its "
+        "metrics port) and print its answer: exit 0 if healthy, 1 if not or not answering. "
+        "For a Docker HEALTHCHECK or a Kubernetes exec probe.",
+    )
+    parser.add_argument(
+        "url",
+        nargs="?",
+        help="the URL to ask (default: http://$WORKER_METRICS_ADDRESS:$WORKER_METRICS_PORT"
+        "/healthz, i.e. http://127.0.0.1:9808/healthz)",
+    )
+    args = parser.parse_args(argv)
+    if args.url and not args.url.startswith(("http://", "https://")):
+        parser.error(f"the URL must start with http:// or https://, not {args.url!r}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Ask the worker on this host whether it is healthy; exit 0 if so, 1 if not."""
-    args = sys.argv[1:] if argv is None else argv
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     port = int(os.environ.get("WORKER_METRICS_PORT", "9808"))
     address = os.environ.get("WORKER_METRICS_ADDRESS", "127.0.0.1")
-    url = args[0] if args else f"http://{address}:{port}/healthz"
+    url = args.url or f"http://{address}:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (http only)
             print(response.read().decode())

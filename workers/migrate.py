@@ -48,10 +48,18 @@ def migrate(conninfo: str) -> list[str]:
     return done
 
 
-def main() -> int:
-    """Migrate the database named by DATABASE_URL."""
+def main(conninfo: str | None = None) -> int:
+    """Migrate ``conninfo``'s database, else DATABASE_URL's; exit 1 with one line if unreachable.
+
+    A database that is missing or down is the operator's to fix, not a bug: it is said in a
+    line (psycopg's own words: host, port, database), not in a traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    done = migrate(database_url())
+    try:
+        done = migrate(conninfo or database_url())
+    except psycopg.OperationalError as exc:
+        log.error("cannot migrate: %s", " ".join(str(exc).split()))
+        return 1
     log.info("applied %d migration(s): %s", len(done), ", ".join(done) or "none pending")
     return 0
 
