@@ -1,5 +1,7 @@
-"""Quarantine and dead letters: read-only endpoints behind API_TOKEN, and the Flask commands
-that act on them (`flask --app app quarantine ...`, `flask --app app deadletters ...`)."""
+"""Quarantine and dead letters: endpoints behind API_TOKEN (reading both, discarding one), and
+the Flask commands that act on them (`flask --app app quarantine ...`,
+`flask --app app deadletters ...`). Both speak one vocabulary: pending (neither replayed nor
+discarded) or all; replay; discard (off the pending list, the row kept)."""
 
 from __future__ import annotations
 
@@ -57,8 +59,10 @@ def quarantine_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def letter_summary(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "task_id", "task_name", "error", "deliveries", "created_at", "replayed_at")
+    keys = ("id", "task_id", "task_name", "error", "deliveries", "created_at")
     summary = {key: iso(row[key]) for key in keys}
+    summary["replayed_at"] = iso(row["replayed_at"])
+    summary["discarded_at"] = iso(row["discarded_at"])
     payload = row["payload"]
     summary["events"] = len(payload) if isinstance(payload, list) else None
     return summary
@@ -94,9 +98,23 @@ def show_quarantine(item_id: int) -> Response:
     )
 
 
+@bp.post("/quarantine/<int:item_id>/discard")
+def discard_quarantine(item_id: int) -> Response:
+    """Take a quarantined body off the pending list (the row is kept); again changes nothing."""
+    require_api_token()
+    rows = []
+    if item_id <= MAX_ROW_ID:
+        with pool().connection() as conn:
+            if store.resolve_quarantine(conn, item_id, "discarded"):
+                rows = store.fetch_quarantine(conn, item_id=item_id)
+    if not rows:
+        raise ApiError(404, "no such quarantined body")
+    return jsonify(**quarantine_summary(rows[0]))
+
+
 @bp.get("/dead-letters")
 def list_dead_letters() -> Response:
-    """Dead letters, oldest first: pending ones (never replayed) or all."""
+    """Dead letters, oldest first: pending ones (neither replayed nor discarded) or all."""
     require_api_token()
     pending, limit = listing_args()
     with pool().connection() as conn:
@@ -115,6 +133,21 @@ def show_dead_letter(letter_id: int) -> Response:
     if not rows:
         raise ApiError(404, "no such dead letter")
     return jsonify(**letter_summary(rows[0]), payload=rows[0]["payload"])
+
+
+@bp.post("/dead-letters/<int:letter_id>/discard")
+def discard_dead_letter(letter_id: int) -> Response:
+    """Take a dead letter off the pending list, and the status page's red (the row is kept,
+    and can still be replayed by id); again changes nothing."""
+    require_api_token()
+    rows = []
+    if letter_id <= MAX_ROW_ID:
+        with pool().connection() as conn:
+            if store.discard_dead_letter(conn, letter_id):
+                rows = store.fetch_dead_letters(conn, letter_id=letter_id)
+    if not rows:
+        raise ApiError(404, "no such dead letter")
+    return jsonify(**letter_summary(rows[0]))
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -271,16 +304,29 @@ def quarantine_discard(ids: tuple[int, ...]) -> None:
 
 
 @deadletters_cli.command("list")
-@click.option("--pending", is_flag=True, help="Only those never replayed.")
-def deadletters_list(pending: bool) -> None:
-    """One line per dead letter."""
+@click.option("--all", "everything", is_flag=True, help="Include replayed and discarded ones.")
+# The old flag: pending only, which is now the default (as for quarantine list).
+@click.option("--pending", "_pending", is_flag=True, hidden=True)
+def deadletters_list(everything: bool, _pending: bool) -> None:
+    """One line per dead letter: id, created, task, deliveries, replayed, discarded, error."""
     with database() as conn:
-        deadletters.list_letters(conn, pending)
+        deadletters.list_letters(conn, pending=not everything)
+
+
+@deadletters_cli.command("discard")
+@click.argument("ids", nargs=-1, type=int, required=True)
+def deadletters_discard(ids: tuple[int, ...]) -> None:
+    """Take dead letters off the pending list (they stay in the table)."""
+    with database() as conn:
+        missing = deadletters.discard(conn, list(ids))
+    if missing:
+        raise click.ClickException(f"no dead letter {missing[0]}")
+    click.echo(f"discarded {len(ids)}")
 
 
 @deadletters_cli.command("replay")
 @click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "everything", is_flag=True, help="Every one never replayed.")
+@click.option("--all", "everything", is_flag=True, help="Every pending one.")
 def deadletters_replay(ids: tuple[int, ...], everything: bool) -> None:
     """Enqueue dead letters again (applying them twice changes nothing)."""
     if not ids and not everything:

@@ -229,6 +229,7 @@ def page_context() -> dict[str, Any]:
                     "filters": ", ".join((row["providers"] or []) + (row["statuses"] or []))
                     or "all",
                     "health": subscriptions.state(row),
+                    "error": subscriptions.failing_because(row),
                     "behind": duration((now - row["oldest_pending"]).total_seconds())
                     if row["oldest_pending"]
                     else None,

@@ -68,7 +68,7 @@ def add(url: str, providers: tuple[str, ...], statuses: tuple[str, ...], batch_s
 @subscriptions_cli.command("list")
 def list_subscriptions() -> None:
     """One line per subscription: id, URL, filters, batch, health, backlog, dead letters,
-    last success."""
+    last success, and while it fails, the last error (why: an answer, or a refusal)."""
     with database() as conn:
         rows = subscriptions.overview(conn)
     for row in rows:
@@ -85,6 +85,7 @@ def list_subscriptions() -> None:
                     f"backlog={row['backlog']}",
                     f"dead={row['dead']}",
                     f"last_success={last}",
+                    f"last_error={subscriptions.failing_because(row) or '-'}",
                 ]
             )
         )

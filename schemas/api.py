@@ -222,6 +222,7 @@ class DeadLetterSchema(Schema):
     deliveries = fields.Integer(required=True)
     created_at = fields.DateTime(required=True)
     replayed_at = fields.DateTime(required=True, allow_none=True)
+    discarded_at = fields.DateTime(required=True, allow_none=True)
     events = fields.Integer(required=True, allow_none=True)
     payload = fields.Raw(metadata={"description": "only in GET /dead-letters/{id}"})
 

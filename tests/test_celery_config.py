@@ -34,6 +34,9 @@ def test_a_backoff_longer_than_the_visibility_timeout_fails_at_start_up():
 
 def test_tasks_ack_late_and_requeue_on_worker_loss():
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    # A dead-lettered task raises (to read as failed) once its letter is stored: acknowledged,
+    # never requeued into a loop.
+    assert app.conf.task_acks_on_failure_or_timeout
     assert app.conf.broker_connection_max_retries is None
 
 

@@ -235,6 +235,50 @@ def test_timeouts_closed_connections_and_redirects_are_failed_attempts(receiver)
     assert results[2].error == "HTTP 302"
 
 
+def test_a_task_whose_post_failed_fails_and_one_that_lost_its_lease_succeeds(
+    db, receiver, monkeypatch
+):
+    """Flower and the worker's log show a ticks.deliver task that delivered nothing as failed
+    (its reason in the exception), not as succeeded; the attempt is recorded all the same."""
+    monkeypatch.setenv("SUBSCRIPTIONS_ALLOW_PRIVATE", "false")  # the worker's own setting
+    subscription_id, _ = subscribe(db, url=receiver.url)
+    apply(db, ("M1", "sent"))
+    deliveries.pump(db, subscription_id)
+    [(delivery_id, token)] = deliveries.lease_due(db)
+    result = deliveries.deliver.apply(args=[delivery_id, token])
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, deliveries.DeliveryFailed)
+    assert str(result.result).startswith(f"delivery {delivery_id} to http://127.0.0.1:")
+    assert "failed: refused: resolves to a private or loopback address" in str(result.result)
+    assert receiver.received == []
+    [(attempts, error)] = db.execute("SELECT attempts, last_error FROM deliveries").fetchall()
+    assert attempts == 1 and error.startswith("refused: resolves to a private")
+    # A sender whose lease ran out meanwhile POSTs nothing: another has it, nothing failed.
+    assert deliveries.deliver.apply(args=[delivery_id, token]).state == "SUCCESS"
+    monkeypatch.setenv("SUBSCRIPTIONS_ALLOW_PRIVATE", "true")
+    db.execute("UPDATE deliveries SET next_attempt_at = now()")
+    [(delivery_id, token)] = deliveries.lease_due(db)
+    delivered = deliveries.deliver.apply(args=[delivery_id, token])
+    assert (delivered.state, delivered.result) == ("SUCCESS", 1)
+
+
+def test_the_list_says_why_a_subscription_fails(app, db, monkeypatch):
+    """Health alone ("failing (2 in a row)") hid that the worker refused the receiver."""
+    monkeypatch.setenv("SUBSCRIPTIONS_ALLOW_PRIVATE", "false")
+    subscribe(db, url="http://127.0.0.1:9/hook")
+    apply(db, ("M1", "sent"))
+    deliver_all(db)
+    db.execute("UPDATE deliveries SET next_attempt_at = now()")
+    deliver_all(db)
+    listed = app.test_cli_runner().invoke(args=["subscriptions", "list"]).output
+    assert "failing (2 in a row)" in listed
+    assert "\tlast_error=refused: resolves to a private or loopback address (127.0.0.1); " in listed
+    assert "SUBSCRIPTIONS_ALLOW_PRIVATE=true to allow it, for the delivery worker too" in listed
+    db.execute("UPDATE subscriptions SET failures = 0")  # healthy again: no error shown
+    listed = app.test_cli_runner().invoke(args=["subscriptions", "list"]).output
+    assert listed.rstrip("\n").endswith("\tlast_error=-")
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -307,8 +351,8 @@ def test_a_lost_lease_is_sent_again_with_the_same_id(db, receiver):
     db.execute("UPDATE deliveries SET leased_until = now() - interval '1 second'")
     (again,) = deliveries.lease_due(db)
     assert again[0] == first[0] and again[1] != first[1]
-    assert deliveries.send_lane(db, *first) == 0  # the dead worker's token is void
-    assert deliveries.send_lane(db, *again) == 1
+    assert deliveries.send_lane(db, *first) == (0, None)  # the dead worker's token is void
+    assert deliveries.send_lane(db, *again) == (1, None)
     assert len(receiver.delivered()) == 1
 
 
@@ -504,7 +548,7 @@ def test_a_sender_whose_lease_ran_out_in_the_queue_sends_nothing(db, receiver):
     deliveries.pump(db, deliveries.subscription_ids(db)[0])
     (leased,) = deliveries.lease_due(db)
     db.execute("UPDATE deliveries SET leased_until = now() - interval '1 second'")
-    assert deliveries.send_lane(db, *leased) == 0  # the pump may lease it to another meanwhile
+    assert deliveries.send_lane(db, *leased).sent == 0  # the pump may lease it to another
     assert receiver.received == []
 
 
@@ -521,7 +565,7 @@ def test_a_replayed_dead_letter_joins_its_lane_without_a_second_sender(db, recei
     (head,) = deliveries.lease_due(db)  # the lane's read is being sent...
     with db.transaction():  # ...when the dead sent is replayed
         subscriptions.replay(db, subscription_id, [dead["id"]], 60)
-    assert deliveries.send_lane(db, *head) == 3  # the one sender takes all three
+    assert deliveries.send_lane(db, *head).sent == 3  # the one sender takes all three
     assert deliveries.lease_due(db) == []
     statuses = [r.document["data"]["status"] for r in receiver.delivered()]
     assert statuses == ["read", "sent", "played"]

@@ -123,15 +123,19 @@ def test_every_table_keeps_its_rows_only_as_long_as_its_retention(db, clock):
             " received_at, replayed_at) VALUES (%s, 'zapi', 'invalid', '{}', '{}', %s, %s)",
             (request_id, received, replayed),
         )
-    for task_id, created, replayed in [
-        ("dl-old", now - timedelta(days=31), None),
-        ("dl-new", now - timedelta(days=29), None),
-        ("dl-replayed", now - timedelta(days=9), now - timedelta(days=8)),
+    for task_id, created, replayed, discarded in [
+        ("dl-old", now - timedelta(days=31), None, None),
+        ("dl-new", now - timedelta(days=29), None, None),
+        ("dl-replayed", now - timedelta(days=9), now - timedelta(days=8), None),
+        # Discarded: resolved, as a replay is (7 days from the discard).
+        ("dl-discarded-old", now - timedelta(days=20), None, now - timedelta(days=8)),
+        ("dl-discarded-new", now - timedelta(days=20), None, now - timedelta(days=6)),
     ]:
         db.execute(
             "INSERT INTO dead_letters (task_id, task_name, payload, error, deliveries,"
-            " created_at, replayed_at) VALUES (%s, 'ticks.apply_events', '[]', 'x', 1, %s, %s)",
-            (task_id, created, replayed),
+            " created_at, replayed_at, discarded_at)"
+            " VALUES (%s, 'ticks.apply_events', '[]', 'x', 1, %s, %s, %s)",
+            (task_id, created, replayed, discarded),
         )
     db.execute("UPDATE changes SET created_at = %s", (now - timedelta(days=8),))
     sub, _ = subscriptions.create(db, "https://example.com/hook", None, None, 1)
@@ -161,7 +165,10 @@ def test_every_table_keeps_its_rows_only_as_long_as_its_retention(db, clock):
         "pending-new",
         "replayed-new",
     }
-    assert {r[0] for r in db.execute("SELECT task_id FROM dead_letters")} == {"dl-new"}
+    assert {r[0] for r in db.execute("SELECT task_id FROM dead_letters")} == {
+        "dl-new",
+        "dl-discarded-new",
+    }
     assert report.removed["changes"] == 2
     assert db.execute("SELECT count(*) FROM changes").fetchone() == (2,)
     assert report.removed["deliveries"] == 2

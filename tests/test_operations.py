@@ -63,6 +63,46 @@ def test_the_operations_api_needs_the_api_token(client, path):
     assert response.json["error"]
 
 
+@pytest.mark.parametrize("path", ["/quarantine/1/discard", "/dead-letters/1/discard"])
+def test_discarding_needs_the_api_token(client, db, path):
+    response = client.post(path)
+    assert response.status_code == 401
+    assert response.json["error"]
+
+
+def test_a_dead_letter_is_discarded_over_http_once_and_kept(client, db):
+    letter = dead_letter(db)
+    other = dead_letter(db, task_id="dead-2")
+    response = client.post(f"/dead-letters/{letter}/discard", headers=AUTH)
+    assert response.status_code == 200
+    discarded_at = response.json["discarded_at"]
+    assert discarded_at and response.json["replayed_at"] is None
+    again = client.post(f"/dead-letters/{letter}/discard", headers=AUTH).json
+    assert again["discarded_at"] == discarded_at  # discarding again changes nothing
+    pending = client.get("/dead-letters", headers=AUTH).json["items"]
+    assert [item["id"] for item in pending] == [other]
+    everything = client.get("/dead-letters?state=all", headers=AUTH).json["items"]
+    assert [item["discarded_at"] is not None for item in everything] == [True, False]
+    assert client.get(f"/dead-letters/{letter}", headers=AUTH).json["payload"]  # kept whole
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [("/dead-letters", "no such dead letter"), ("/quarantine", "no such quarantined body")],
+)
+def test_discarding_what_is_not_there_is_a_404_naming_it(client, db, path, error):
+    for item in (999999, 2**63):
+        response = client.post(f"{path}/{item}/discard", headers=AUTH)
+        assert response.status_code == 404 and response.json["error"] == error
+
+
+def test_a_quarantined_body_is_discarded_over_http_as_a_dead_letter_is(client, db):
+    item = quarantine(db, "not json at all")
+    response = client.post(f"/quarantine/{item}/discard", headers=AUTH)
+    assert response.status_code == 200 and response.json["discarded_at"]
+    assert client.get("/quarantine", headers=AUTH).json["items"] == []
+
+
 def test_quarantine_is_listed_and_shown(client, db):
     item = quarantine(db, {"status": "DELETED", "ids": ["Q-1"]})
     listed = client.get("/quarantine", headers=AUTH).json["items"]
@@ -161,9 +201,35 @@ def test_show_and_discard(app, db):
     assert run(app, "quarantine", "discard", "999999").exit_code != 0
 
 
+def test_both_lists_show_pending_ones_and_all_with_the_same_option(app, db):
+    letter = dead_letter(db)
+    item = quarantine(db, "not json at all")
+    for group, number in (("deadletters", letter), ("quarantine", item)):
+        assert f"{number}\t" in run(app, group, "list").output
+        discarded = run(app, group, "discard", str(number))
+        assert (discarded.exit_code, discarded.output) == (0, "discarded 1\n")
+        assert run(app, group, "list").output == ""  # pending only, by default
+        assert f"{number}\t" in run(app, group, "list", "--all").output
+    assert "\tdiscarded=20" in run(app, "deadletters", "list", "--all").output
+    # The old flag still works (pending only, the default now), and is not advertised.
+    assert run(app, "deadletters", "list", "--pending").output == ""
+    assert "--pending" not in run(app, "deadletters", "list", "--help").output
+    fresh = dead_letter(db, task_id="dead-2")
+    missing = run(app, "deadletters", "discard", str(fresh), "999999")
+    assert missing.exit_code != 0 and "no dead letter 999999" in missing.output
+    assert f"{fresh}\t" in run(app, "deadletters", "list").output  # all or none: still pending
+
+
+def test_a_discarded_dead_letter_is_not_replayed_with_all(app, db, broker):
+    letter = dead_letter(db)
+    assert run(app, "deadletters", "discard", str(letter)).exit_code == 0
+    assert run(app, "deadletters", "replay", "--all").exit_code == 0
+    assert queued(broker) == []
+
+
 def test_deadletters_commands_list_and_replay_with_the_ledger(app, db, broker):
     letter = dead_letter(db)
-    assert f"{letter}\t" in run(app, "deadletters", "list", "--pending").output
+    assert f"{letter}\t" in run(app, "deadletters", "list").output
     result = run(app, "deadletters", "replay", "--all")
     assert result.exit_code == 0, result.output
     [(task, payload)] = queued(broker)

@@ -210,6 +210,16 @@ def test_quarantine_and_dead_letters_pending_and_of_the_day(client, db):
     assert card(html, "dead-letters") == ("bad", "1 1 in 24 h")
 
 
+def test_a_discarded_dead_letter_no_longer_turns_the_page_red(client, db):
+    letter = {"task_name": "ticks.apply_events", "payload": [], "error": "x", "deliveries": 3}
+    poison = store.record_dead_letter(db, {**letter, "task_id": "poison"})
+    client.application.config["STATUS_PAGE_CACHE_SECONDS"] = 0
+    assert card(client.get("/", headers=BEARER).text, "dead-letters") == ("bad", "1 1 in 24 h")
+    assert store.discard_dead_letter(db, poison)
+    # Not red for the 30 days it is kept: still counted among the day's arrivals.
+    assert card(client.get("/", headers=BEARER).text, "dead-letters") == ("", "0 1 in 24 h")
+
+
 def test_an_idle_ticks_shows_nothing_alarming(client):
     html = client.get("/", headers=BEARER).text
     for name in ("queue", "queue-age", "failed", "quarantine", "dead-letters"):

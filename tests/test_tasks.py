@@ -78,16 +78,31 @@ def test_an_outage_longer_than_the_hold_limit_hands_the_message_back(monkeypatch
 def test_other_errors_are_retried_then_dead_lettered(monkeypatch, quiet, db):
     calls = failing_then_working(monkeypatch, 100, ValueError("bad data"))
     result = apply_events.apply(args=[[EVENT]], task_id="poison-task")
-    assert result.state == "SUCCESS"  # acknowledged: it is kept in dead_letters instead
+    # Failed, not a success returning False: Flower and the log say so. Its message is still
+    # settled (test_flower.py, through a real worker): kept in dead_letters, acknowledged.
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, guarded.DeadLettered)
     assert len(calls) == POISON_RETRIES + 1
-    row = db.execute("SELECT task_id, payload, error, deliveries FROM dead_letters").fetchone()
-    assert row == ("poison-task", [EVENT], "ValueError('bad data')", 1)
+    row = db.execute("SELECT id, task_id, payload, error, deliveries FROM dead_letters").fetchone()
+    assert row[1:] == ("poison-task", [EVENT], "ValueError('bad data')", 1)
+    assert str(result.result) == f"failed: ValueError('bad data'); kept as dead letter {row[0]}"
+    assert isinstance(result.result.__cause__, ValueError)  # its traceback, in the log
+
+
+def test_a_dead_lettered_message_is_settled_in_the_ledger(monkeypatch, quiet, db):
+    settled = []
+    monkeypatch.setattr(
+        guarded.BROKER, "settle", lambda celery, task_id, finished: settled.append(finished)
+    )
+    failing_then_working(monkeypatch, 100, ValueError("bad data"))
+    assert apply_events.apply(args=[[EVENT]]).state == "FAILURE"
+    assert settled == [True]  # finished: its ledger entry goes, the sweeper never resends it
 
 
 def test_a_message_delivered_too_often_is_dead_lettered_without_running(monkeypatch, quiet, db):
     calls = failing_then_working(monkeypatch, 0, ValueError("unused"))
     monkeypatch.setattr(guarded.BROKER, "deliveries", lambda celery, request: MAX_DELIVERIES + 1)
-    apply_events.apply(args=[[EVENT]], task_id="killer-task")
+    assert apply_events.apply(args=[[EVENT]], task_id="killer-task").state == "FAILURE"
     assert calls == []
     error = db.execute("SELECT error FROM dead_letters WHERE task_id = 'killer-task'").fetchone()
     assert error == (f"the worker died running it {MAX_DELIVERIES} times",)
@@ -189,3 +204,30 @@ def test_retries_and_dead_letters_are_counted(monkeypatch, quiet, db):
     apply_events.apply(args=[[{**EVENT, "message_id": "T-9"}]])
     assert sample("ticks_task_retries_total", reason="error") == errors + POISON_RETRIES
     assert sample("ticks_dead_letters_total") == letters + 1
+
+
+def test_a_letter_rabbitmq_dead_lettered_is_announced_as_a_failed_task(db):
+    """RabbitMQ dead-letters a message that killed its worker MAX_DELIVERIES times: no worker
+    ran it to its end, so the worker that stores it sends its task-failed event (Flower)."""
+    sent: list[tuple[str, dict]] = []
+    dispatcher = SimpleNamespace(
+        enabled=True, send=lambda kind, **fields: sent.append((kind, fields))
+    )
+    step = guarded.DeadLetterConsumer(SimpleNamespace())
+    step.consumer = SimpleNamespace(event_dispatcher=dispatcher)
+    acked: list[bool] = []
+    headers = {
+        "id": "killer-task",
+        "task": "ticks.apply_events",
+        "x-death": [{"reason": "delivery_limit"}],
+        "x-delivery-count": MAX_DELIVERIES,
+    }
+    step.on_message(
+        [[EVENT], {}, {}], SimpleNamespace(headers=headers, ack=lambda: acked.append(True))
+    )
+    [letter_id] = db.execute("SELECT id FROM dead_letters WHERE task_id = 'killer-task'").fetchone()
+    assert acked == [True]
+    [(kind, fields)] = sent
+    assert (kind, fields["uuid"]) == ("task-failed", "killer-task")
+    assert fields["exception"].startswith("DeadLettered('failed: RabbitMQ dead-lettered it")
+    assert f"kept as dead letter {letter_id}" in fields["exception"]

@@ -50,6 +50,9 @@ def make_celery(broker_url: str, **transport_options: Any) -> Celery:
         # mid-task leaves it unacknowledged, and reject_on_worker_lost requeues it.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A task that raised is acknowledged, not requeued: a dead-lettered task raises once
+        # its dead letter is committed (workers/guarded.py), and must end there, not loop.
+        task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=4,
         # With late acks a task cut off by a lost broker connection must not be acked
         # later on a new connection; cancelling it lets the broker redeliver it.

@@ -1,4 +1,5 @@
-"""List and replay dead letters: `python -m workers.deadletters list|replay [ID ...|--all]`."""
+"""List, replay and discard dead letters:
+`python -m workers.deadletters list [--all] | replay ID ... | --all | discard ID ...`."""
 
 from __future__ import annotations
 
@@ -19,10 +20,23 @@ def list_letters(conn: psycopg.Connection, pending: bool) -> None:
     """Print one line per dead letter."""
     for letter in store.fetch_dead_letters(conn, pending=pending):
         replayed = letter["replayed_at"].isoformat() if letter["replayed_at"] else "-"
+        discarded = letter["discarded_at"].isoformat() if letter["discarded_at"] else "-"
         print(
             f"{letter['id']}\t{letter['created_at'].isoformat()}\t{letter['task_name']}\t"
-            f"deliveries={letter['deliveries']}\treplayed={replayed}\t{letter['error']}"
+            f"deliveries={letter['deliveries']}\treplayed={replayed}\tdiscarded={discarded}\t"
+            f"{letter['error']}"
         )
+
+
+def discard(conn: psycopg.Connection, ids: list[int]) -> list[int]:
+    """Take dead letters off the pending list (the rows are kept), all or none: return the
+    ids that name no dead letter, and then discard nothing."""
+    missing = [letter_id for letter_id in ids if not store.discard_dead_letter(conn, letter_id)]
+    if missing:
+        conn.rollback()
+    else:
+        conn.commit()
+    return missing
 
 
 def send_again(task_name: str, payload: Any, summary: str) -> None:
@@ -55,15 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command."""
     parser = argparse.ArgumentParser(prog="python -m workers.deadletters", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="list dead letters")
-    listing.add_argument("--pending", action="store_true", help="only those never replayed")
+    listing = commands.add_parser("list", help="list pending dead letters")
+    listing.add_argument("--all", action="store_true", help="include replayed and discarded ones")
+    # The old flag: pending only, which is now the default.
+    listing.add_argument("--pending", action="store_true", help=argparse.SUPPRESS)
     again = commands.add_parser("replay", help="enqueue dead letters again")
     again.add_argument("ids", nargs="*", type=int)
-    again.add_argument("--all", action="store_true", help="every dead letter never replayed")
+    again.add_argument("--all", action="store_true", help="every pending dead letter")
+    dropping = commands.add_parser("discard", help="take dead letters off the pending list")
+    dropping.add_argument("ids", nargs="+", type=int)
     args = parser.parse_args(argv)
     with psycopg.connect(database_url()) as conn:
         if args.command == "list":
-            list_letters(conn, args.pending)
+            list_letters(conn, pending=not args.all)
+            return 0
+        if args.command == "discard":
+            missing = discard(conn, args.ids)
+            if missing:
+                parser.exit(1, f"no dead letter {missing[0]}\n")
+            print(f"discarded {len(args.ids)}")
             return 0
         if not args.ids and not args.all:
             parser.error("replay needs IDs or --all")

@@ -31,7 +31,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import psycopg
 from celery import bootsteps
@@ -397,31 +397,58 @@ def record(
     return None
 
 
-def send_lane(conn: psycopg.Connection, delivery_id: int, token: str) -> int:
+class Lane(NamedTuple):
+    """What one sender did along a lane: POSTs made, and why the last failed, if it did."""
+
+    sent: int
+    failure: str | None = None
+
+
+class DeliveryFailed(Exception):
+    """A ``ticks.deliver`` task whose POST failed (refused, timed out, not 2xx): the task ends
+    as failed, in Flower and in the worker's log, not as a success that delivered nothing.
+
+    The attempt is recorded first (retried after its backoff, or dead); the task's message is
+    acknowledged all the same (acks_late acknowledges a task that raised), as before.
+    """
+
+
+def send_lane(conn: psycopg.Connection, delivery_id: int, token: str) -> Lane:
     """POST a leased delivery and, while they succeed and the budget lasts, the ones after it
-    in its lane; return how many were POSTed."""
+    in its lane; return how many were POSTed, and the failure that stopped the lane, if any.
+    (None POSTed and no failure: the lease ran out while the task waited; another sender has
+    the delivery.)"""
     deadline = time.monotonic() + TASK_BUDGET
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         delivery = cur.execute(
             LOAD, {"id": delivery_id, "token": token, "lease": LEASE_SECONDS}
         ).fetchone()
-    sent = 0
+    sent, failure = 0, None
     while delivery is not None:
         body, headers = request_parts(delivery, int(time.time()))
         answer = post(
             delivery["url"], body, headers, timeout=TIMEOUT, allow_private=allow_private()
         )
         sent += 1
+        if not answer.ok:  # the lane stops here: it waits for this one
+            failure = f"delivery {delivery['id']} to {shown_url(delivery['url'])} failed: "
+            failure += answer.error or f"HTTP {answer.status}"
         go_on = time.monotonic() < deadline and not SHUTTING_DOWN.is_set()  # Ctrl-C is quick
         delivery = record(conn, delivery, token, answer, go_on)
-    return sent
+    return Lane(sent, failure)
 
 
-@app.task(name=DELIVER, acks_late=True, ignore_result=True)
+@app.task(name=DELIVER, acks_late=True, ignore_result=True, throws=(DeliveryFailed,))
 def deliver(delivery_id: int, token: str) -> int:
-    """POST one leased delivery, and the rest of its lane while they succeed (a while)."""
+    """POST one leased delivery, and the rest of its lane while they succeed (a while).
+
+    A failed POST fails the task (DeliveryFailed: an expected failure, logged without a
+    traceback; the attempt's details are in the warning record() logs)."""
     with get_pool().connection() as conn:  # the delivery worker's pool has one per thread
-        return send_lane(conn, delivery_id, token)
+        lane = send_lane(conn, delivery_id, token)
+    if lane.failure is not None:
+        raise DeliveryFailed(lane.failure)
+    return lane.sent
 
 
 # -- the pump's timer, in the delivery worker only -------------------------------------------

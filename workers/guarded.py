@@ -62,6 +62,24 @@ def retry_countdown(retries: int, rng: random.Random | None = None) -> float:
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
+class DeadLettered(Exception):
+    """Raised by a task whose message was stored in dead_letters: the task ends as failed
+    (Flower's FAILURE and failed count, "raised unexpected" in the worker's log), not as a
+    success returning nothing.
+
+    Raised only once the dead letter is committed, so the message is settled as before: with
+    acks_late a task that raises is acknowledged (task_acks_on_failure_or_timeout, kept on in
+    workers/celery_app.py), never requeued (only a lost worker's message is), and on Redis its
+    ledger entry is removed first. Not Reject(requeue=False): RabbitMQ would route a rejected
+    message to the dead-letter exchange, and it would be stored a second time.
+    """
+
+    @classmethod
+    def kept(cls, error: str, letter_id: int) -> DeadLettered:
+        """The failure of a task given up on for ``error`` and stored as ``letter_id``."""
+        return cls(f"failed: {error}; kept as dead letter {letter_id}")
+
+
 class GuardedTask(Task):
     """A task that outlasts database outages and dead-letters what keeps failing.
 
@@ -82,11 +100,13 @@ class GuardedTask(Task):
         try:
             if deliveries > MAX_DELIVERIES and not BROKER.limits_deliveries:
                 error = f"the worker died running it {deliveries - 1} times"
-                result = self.dead_letter(args, error, deliveries)
-            else:
-                result = self.run_until_done(args, kwargs, deliveries)
+                raise self.dead_letter(args, error, deliveries)
+            result = self.run_until_done(args, kwargs, deliveries)
             finished = True
             return result
+        except DeadLettered:
+            finished = True  # stored in dead_letters: the message is done with, and acked
+            raise
         finally:
             BROKER.settle(self.app, self.request.id, finished)
 
@@ -104,7 +124,7 @@ class GuardedTask(Task):
             except Exception as exc:
                 failures += 1
                 if failures > POISON_RETRIES:
-                    return self.dead_letter(args, repr(exc), deliveries)
+                    raise self.dead_letter(args, repr(exc), deliveries) from exc
                 log.warning(
                     "task %s failed (%r): retry %d of %d",
                     self.request.id,
@@ -135,8 +155,9 @@ class GuardedTask(Task):
         if SHUTTING_DOWN.wait(countdown):
             raise Reject(exc, requeue=True)
 
-    def dead_letter(self, args: tuple[Any, ...], error: str, deliveries: int) -> bool:
-        """Store the message in dead_letters, waiting out a database outage first."""
+    def dead_letter(self, args: tuple[Any, ...], error: str, deliveries: int) -> DeadLettered:
+        """Store the message in dead_letters, waiting out a database outage first; return the
+        exception the task then raises, so that it ends as failed (see DeadLettered)."""
         letter = {
             "task_id": self.request.id,
             "task_name": self.name,
@@ -148,13 +169,13 @@ class GuardedTask(Task):
         for attempt in itertools.count():
             try:
                 with get_pool().connection() as conn:
-                    store.record_dead_letter(conn, letter)
+                    letter_id = store.record_dead_letter(conn, letter)
                 break
             except TRANSIENT_ERRORS as exc:
                 self.wait_out(exc, attempt, held_since)
         metrics().dead_letters.inc()
         log.error("dead-lettered task=%s task_id=%s: %s", self.name, self.request.id, error)
-        return False
+        return DeadLettered.kept(error, letter_id)
 
 
 class LedgerSweeper(bootsteps.StartStopStep):
@@ -180,6 +201,10 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):
     """RabbitMQ: store what the quorum queue dead-lettered (past its delivery limit) in the
     dead_letters table, where the CLI, the endpoints and the status page find it."""
 
+    def start(self, c: Any) -> None:
+        self.consumer = c  # its event dispatcher tells Flower of each letter (announce)
+        super().start(c)
+
     def get_consumers(self, channel: Any) -> list[Consumer]:
         return [
             Consumer(
@@ -195,7 +220,7 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):
         letter = broker.dead_letter_record(body, message.headers or {})
         try:
             with get_pool().connection() as conn:
-                store.record_dead_letter(conn, letter)
+                letter_id = store.record_dead_letter(conn, letter)
         except TRANSIENT_ERRORS as exc:
             # Kept on the dead-letter queue: tried again when it comes back (the database
             # is down; nothing else can be done meanwhile anyway).
@@ -211,3 +236,16 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):
             letter["task_id"],
             letter["error"],
         )
+        self.announce(letter, letter_id)
+
+    def announce(self, letter: dict[str, Any], letter_id: int) -> None:
+        """Send the task's task-failed event: no worker ran it to its end, so no other event
+        says so, and Flower would show it rejected (or started) for ever, its failed count 0."""
+        dispatcher = getattr(getattr(self, "consumer", None), "event_dispatcher", None)
+        if dispatcher is None or not dispatcher.enabled:
+            return
+        failure = repr(DeadLettered.kept(letter["error"], letter_id))
+        try:
+            dispatcher.send("task-failed", uuid=letter["task_id"], exception=failure, traceback="")
+        except broker.ERRORS as exc:  # the letter is stored: only the event is missed
+            log.warning("task-failed event of %s not sent: %s", letter["task_id"], exc)

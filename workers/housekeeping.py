@@ -127,8 +127,8 @@ DELETE FROM quarantine WHERE id IN (
     "dead_letters": """
 DELETE FROM dead_letters WHERE id IN (
     SELECT id FROM dead_letters
-    WHERE (replayed_at IS NULL AND created_at < %(dead_letter_cutoff)s)
-       OR replayed_at < %(dead_letter_resolved_cutoff)s
+    WHERE (replayed_at IS NULL AND discarded_at IS NULL AND created_at < %(dead_letter_cutoff)s)
+       OR COALESCE(replayed_at, discarded_at) < %(dead_letter_resolved_cutoff)s
     ORDER BY id LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )

@@ -118,7 +118,8 @@ def resolve(url: str, allow_private: bool) -> list[str]:
         if private:
             raise Refused(
                 f"resolves to a private or loopback address ({', '.join(private)}); "
-                "set SUBSCRIPTIONS_ALLOW_PRIVATE=true to allow it"
+                "set SUBSCRIPTIONS_ALLOW_PRIVATE=true to allow it, for the delivery worker "
+                "too (in .env for make run)"
             )
     return addresses
 

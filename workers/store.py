@@ -183,17 +183,24 @@ INSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (task_id, task_name, payload, error, deliveries)
 VALUES (%(task_id)s, %(task_name)s, %(payload)s, %(error)s, %(deliveries)s)
 ON CONFLICT (task_id) DO UPDATE SET error = EXCLUDED.error, deliveries = EXCLUDED.deliveries
+RETURNING id
 """
 
 SELECT_DEAD_LETTERS = """
-SELECT id, task_id, task_name, payload, error, deliveries, created_at, replayed_at
+SELECT id, task_id, task_name, payload, error, deliveries, created_at, replayed_at, discarded_at
 FROM dead_letters
-WHERE (%(id)s::bigint IS NULL OR id = %(id)s) AND (%(pending)s = false OR replayed_at IS NULL)
+WHERE (%(id)s::bigint IS NULL OR id = %(id)s)
+  AND (%(pending)s = false OR (replayed_at IS NULL AND discarded_at IS NULL))
 ORDER BY id
 LIMIT %(limit)s
 """
 
 MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s"
+
+# Discarding twice keeps the first time: retention counts from it.
+DISCARD_DEAD_LETTER = """
+UPDATE dead_letters SET discarded_at = coalesce(discarded_at, now()) WHERE id = %(id)s
+"""
 
 SELECT_QUARANTINE = """
 SELECT id, request_id, provider, reason, errors, raw_body, content_type, received_at,
@@ -207,7 +214,9 @@ LIMIT %(limit)s
 
 RESOLVE_QUARANTINE = {
     "replayed": "UPDATE quarantine SET replayed_at = now() WHERE id = %(id)s",
-    "discarded": "UPDATE quarantine SET discarded_at = now() WHERE id = %(id)s",
+    "discarded": (
+        "UPDATE quarantine SET discarded_at = coalesce(discarded_at, now()) WHERE id = %(id)s"
+    ),
 }
 
 SELECT_MESSAGE = """
@@ -276,7 +285,8 @@ SELECT now() AS now,
         WHERE replayed_at IS NULL AND discarded_at IS NULL) AS quarantine_pending,
        (SELECT count(*) FROM quarantine
         WHERE received_at >= now() - interval '24 hours') AS quarantine_day,
-       (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dead_letters_pending,
+       (SELECT count(*) FROM dead_letters
+        WHERE replayed_at IS NULL AND discarded_at IS NULL) AS dead_letters_pending,
        (SELECT count(*) FROM dead_letters
         WHERE created_at >= now() - interval '24 hours') AS dead_letters_day
 """
@@ -518,9 +528,12 @@ def record_quarantine(conn: psycopg.Connection, record: dict[str, Any]) -> bool:
     return conn.execute(INSERT_QUARANTINE, params).rowcount == 1
 
 
-def record_dead_letter(conn: psycopg.Connection, letter: dict[str, Any]) -> None:
-    """Store a task message that will not be retried again, with why."""
-    conn.execute(INSERT_DEAD_LETTER, {**letter, "payload": json.dumps(letter["payload"])})
+def record_dead_letter(conn: psycopg.Connection, letter: dict[str, Any]) -> int:
+    """Store a task message that will not be retried again, with why; return its id."""
+    params = {**letter, "payload": json.dumps(letter["payload"])}
+    row = conn.execute(INSERT_DEAD_LETTER, params).fetchone()
+    assert row is not None  # an upsert RETURNING always returns its row
+    return int(row[0])
 
 
 def fetch_dead_letters(
@@ -529,7 +542,8 @@ def fetch_dead_letters(
     pending: bool = False,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Return dead letters (one by id, or only those never replayed), oldest first."""
+    """Return dead letters (one by id, or only those neither replayed nor discarded), oldest
+    first."""
     params = {"id": letter_id, "pending": pending, "limit": limit}
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(SELECT_DEAD_LETTERS, params).fetchall()
@@ -547,14 +561,19 @@ def fetch_quarantine(
         return cur.execute(SELECT_QUARANTINE, params).fetchall()
 
 
-def resolve_quarantine(conn: psycopg.Connection, item_id: int, how: str) -> None:
-    """Mark a quarantined body replayed or discarded."""
-    conn.execute(RESOLVE_QUARANTINE[how], {"id": item_id})
+def resolve_quarantine(conn: psycopg.Connection, item_id: int, how: str) -> bool:
+    """Mark a quarantined body replayed or discarded; False if there is none by that id."""
+    return conn.execute(RESOLVE_QUARANTINE[how], {"id": item_id}).rowcount == 1
 
 
 def mark_replayed(conn: psycopg.Connection, letter_id: int) -> None:
     """Record that a dead letter was put back on the queue."""
     conn.execute(MARK_REPLAYED, {"id": letter_id})
+
+
+def discard_dead_letter(conn: psycopg.Connection, letter_id: int) -> bool:
+    """Take a dead letter off the pending list (the row is kept); False if there is none."""
+    return conn.execute(DISCARD_DEAD_LETTER, {"id": letter_id}).rowcount == 1
 
 
 def fetch_message(

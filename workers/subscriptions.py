@@ -110,6 +110,12 @@ def replay(
     return found.rowcount
 
 
+def failing_because(row: dict[str, Any]) -> str | None:
+    """Why a failing subscription's last attempt failed (its receiver's answer, or why Ticks
+    refused to call it), or None while it is not failing: what its health alone hides."""
+    return row["last_error"] if row["failures"] else None
+
+
 def state(row: dict[str, Any]) -> str:
     """A subscription's health in a word or three."""
     if row["paused"]:

@@ -147,7 +147,7 @@ def test_worker_killed_mid_drain_loses_nothing_and_doubles_nothing(
 def test_poison_message_is_dead_lettered_without_blocking_others(
     db, rabbit, database_url, start_worker
 ):
-    rabbit_worker(start_worker, rabbit)
+    worker = rabbit_worker(start_worker, rabbit)
     app = make_app(database_url, rabbit)
     bad = [
         {
@@ -171,6 +171,15 @@ def test_poison_message_is_dead_lettered_without_blocking_others(
     )
     assert letter[0:2] == ("poison-1", bad)
     assert "status" in letter[2]
+    # The task failed (Flower's FAILURE, the log's "raised"), and its message was settled as
+    # before: acknowledged, not rejected into the dead-letter exchange (stored a second time,
+    # its error overwritten) nor requeued (run again).
+    wait_for(lambda: "Task ticks.apply_events[poison-1] raised unexpected" in worker.output(), 10)
+    assert "Task ticks.apply_events[poison-1] succeeded" not in worker.output()
+    worker.stop()  # what it still held unacknowledged would go back to the queue now
+    time.sleep(1)
+    assert waiting(rabbit) == 0 and waiting(rabbit, DEAD_LETTER_QUEUE) == 0
+    assert db.execute("SELECT count(*), min(error) FROM dead_letters").fetchone() == (1, letter[2])
 
 
 def test_message_that_kills_its_worker_is_dead_lettered_by_the_delivery_limit(
