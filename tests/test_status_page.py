@@ -167,6 +167,10 @@ def test_latest_failures_newest_recorded_first_with_their_reasons(db):
     ]
     assert failed[0]["failure_reason"] == "failed: noAccount"
     assert failed[0]["failed_at"] == NOW - timedelta(days=1)
+    # The order shown is the order read: by when Ticks recorded each (the provider's time
+    # beside it once looked unordered).
+    recorded = [row["recorded_at"] for row in failed]
+    assert recorded == sorted(recorded, reverse=True)
 
 
 def test_the_page_masks_phones_and_escapes_what_providers_wrote(client, db):

@@ -272,7 +272,8 @@ GROUP BY 1
 """
 
 LATEST_FAILED = """
-SELECT m.provider, m.message_id, m.phone, m.failed_at, m.failure_reason
+SELECT m.provider, m.message_id, m.phone, m.failed_at, m.failure_reason,
+       e.created_at AS recorded_at
 FROM status_events e JOIN messages m USING (provider, message_id)
 WHERE e.status = 'failed' AND e.applied
 ORDER BY e.created_at DESC

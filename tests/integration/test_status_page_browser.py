@@ -198,8 +198,10 @@ def test_a_person_sees_what_ticks_did(browser, traffic):
     rows = page.locator("#failed-messages tbody tr")
     assert rows.count() == 2
     newest = rows.nth(0).locator("td").all_inner_texts()
-    assert newest[1:] == ["greenapi", "g-new", "*********4321", f"failed: {HOSTILE_REASON}"]
-    assert rows.nth(1).locator("td").all_inner_texts()[2] == "g-old"
+    assert newest[2:] == ["greenapi", "g-new", "*********4321", f"failed: {HOSTILE_REASON}"]
+    assert rows.nth(1).locator("td").all_inner_texts()[3] == "g-old"
+    # Ordered by the first column, when Ticks recorded each (the provider's time is beside).
+    assert newest[0] >= rows.nth(1).locator("td").all_inner_texts()[0]
     assert FAILED_PHONE not in page.content()
 
     # The chart: one bar per minute, the last ones (now) carrying this test's events.
