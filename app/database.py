@@ -10,7 +10,7 @@ from flask import current_app
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.errors import ApiError
-from workers.db import get_pool
+from workers.core.db import get_pool
 
 
 def pool() -> ConnectionPool:

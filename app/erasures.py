@@ -1,6 +1,6 @@
 """Erasure of a person's data by phone number: ``POST /erasures`` (done by a worker) and
 ``GET /erasures/<id>`` behind API_TOKEN, and ``flask --app app erase --phone <number>`` (done
-at once); workers/erasure.py does it."""
+at once); workers/lifecycle/erasure.py does it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from app.database import reading
 from app.errors import ApiError
 from app.operations import MAX_ROW_ID, iso
 from app.queue import EXTENSION, QueueUnavailable, send
-from workers import erasure
 from workers.celery_app import ERASE
+from workers.lifecycle import erasure
 
 bp = Blueprint("erasures", __name__)
 

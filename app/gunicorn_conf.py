@@ -5,7 +5,7 @@ import shutil
 
 from gunicorn.glogging import Logger
 
-from workers.logs import dict_config
+from workers.core.logs import dict_config
 from workers.metrics import web_metrics_dir
 
 # Metrics: every worker process writes its samples here and /metrics adds them up. Set in

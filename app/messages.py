@@ -16,7 +16,7 @@ from app.errors import ApiError
 from schemas.api import MessageListQuerySchema
 from schemas.events import MAX_ID_LENGTH
 from schemas.fields import digits_only
-from workers import store
+from workers.core import store
 
 bp = Blueprint("messages", __name__)
 

@@ -34,9 +34,11 @@ from psycopg_pool import PoolTimeout
 from app.auth import require_api_token
 from app.config import CELERY_EXTENSION
 from schemas.registry import PROVIDERS
-from workers import broker, housekeeping, subscriptions
-from workers.db import get_pool
+from workers.brokers import broker
+from workers.core.db import get_pool
+from workers.lifecycle import housekeeping
 from workers.metrics import match_environment
+from workers.outbound import subscriptions
 
 bp = Blueprint("metrics", __name__)
 SNAPSHOT_TIMEOUT = 0.5  # seconds: a broker that does not answer a scrape is reported down
@@ -233,9 +235,9 @@ SELECT now() AS now,
 
 
 class RetentionCollector(DatabaseCollector):
-    """What housekeeping (workers/housekeeping.py) keeps, at scrape time: the age of the oldest
-    row of each table (the history's: its oldest day), and how many days ahead the history
-    has partitions for (none for a day means its events cannot be recorded)."""
+    """What housekeeping (workers/lifecycle/housekeeping.py) keeps, at scrape time: the age of
+    the oldest row of each table (the history's: its oldest day), and how many days ahead the
+    history has partitions for (none for a day means its events cannot be recorded)."""
 
     def read(self, conn: psycopg.Connection) -> Any:
         with conn.cursor(row_factory=dict_row) as cur:

@@ -9,12 +9,12 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app, jsonify
 
-import app as package
+from app.version import __version__
 from schemas import api
 from schemas.fields import EpochTimestamp, Identifier, Text
 from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each
 from schemas.registry import REGISTRY, ProviderRecord
-from workers.statuses import STATUSES
+from schemas.statuses import STATUSES
 
 bp = Blueprint("openapi", __name__)
 SPEC = "ticks.openapi"
@@ -173,7 +173,7 @@ def build_spec() -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Ticks",
-        version=package.__version__,
+        version=__version__,
         openapi_version="3.0.3",
         plugins=[plugin],
         info={

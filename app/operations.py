@@ -25,8 +25,9 @@ from app.messages import load_list_query
 from app.queue import EXTENSION, QueueUnavailable, send
 from schemas.events import dump_events
 from schemas.registry import REGISTRY, load_body
-from workers import deadletters, store
+from workers import deadletters
 from workers.celery_app import APPLY_EVENTS
+from workers.core import store
 
 bp = Blueprint("operations", __name__)
 MAX_LIMIT = 1000
@@ -163,7 +164,7 @@ def database() -> Iterator[psycopg.Connection]:
 
 
 def publish(task_name: str, payload: Any, summary: str) -> None:
-    """Enqueue a task message durably (workers/broker.py), or stop the command."""
+    """Enqueue a task message durably (workers/brokers/broker.py), or stop the command."""
     try:
         celery = current_app.extensions[EXTENSION]
         send(celery, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)

@@ -18,9 +18,9 @@ from flask import Flask, current_app
 
 from app.config import CELERY_EXTENSION
 from app.metrics import web_metrics
-from workers import broker
+from workers.brokers import broker
 from workers.celery_app import APPLY_EVENTS, make_celery
-from workers.redact import mask_message_id
+from workers.core.redact import mask_message_id
 
 log = logging.getLogger(__name__)
 # How many request and message ids a group's log line names (a group holds up to 500 events).
@@ -320,7 +320,7 @@ def enqueue(task_name: str, payload: Any, *, task_id: str, summary: str) -> None
 
 
 def send(celery: Celery, task_name: str, payload: Any, *, task_id: str, summary: str) -> None:
-    """Publish a task message durably (workers/broker.py); raise QueueUnavailable if the
+    """Publish a task message durably (workers/brokers/broker.py); raise QueueUnavailable if the
     broker did not take it."""
     try:
         broker.for_url(celery.conf.broker_url).publish(

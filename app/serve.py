@@ -26,9 +26,9 @@ import os
 import shutil
 import sys
 
-from workers.logs import dict_config
+from workers.core.logs import dict_config
+from workers.core.settings import whole
 from workers.metrics import web_metrics_dir
-from workers.settings import whole
 
 APP = "app:create_app"
 GRACEFUL_TIMEOUT = 8  # seconds, as gunicorn's graceful_timeout was

@@ -23,11 +23,12 @@ from app.auth import require_person
 from app.database import pool
 from app.queue import queue_snapshot
 from schemas.registry import PROVIDERS, REGISTRY
-from workers import store, subscriptions
-from workers.broker import QueueSnapshot
-from workers.outbound import shown_url
-from workers.redact import mask_message_id, mask_phone
-from workers.statuses import STATUSES
+from schemas.statuses import STATUSES
+from workers.brokers.broker import QueueSnapshot
+from workers.core import store
+from workers.core.redact import mask_message_id, mask_phone
+from workers.outbound import subscriptions
+from workers.outbound.post import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,11 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
     try:
         with pool().connection() as conn:
             overview = store.fetch_overview(
-                conn, minutes=MINUTES, failures=FAILURES_SHOWN, timeout_ms=QUERY_TIMEOUT_MS
+                conn,
+                minutes=MINUTES,
+                failures=FAILURES_SHOWN,
+                timeout_ms=QUERY_TIMEOUT_MS,
+                more={"subscriptions": subscriptions.OVERVIEW},
             )
     except psycopg.errors.QueryCanceled:
         log.warning("status page: the counts took over %d ms", QUERY_TIMEOUT_MS)

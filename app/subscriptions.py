@@ -1,7 +1,7 @@
 """`flask --app app subscriptions ...`: outbound webhooks to the user's own systems.
 
 The delivery worker (Procfile: deliveries) sends what they subscribe to; see
-workers/deliveries.py for how, and the README for the format and the signature.
+workers/outbound/deliveries.py for how, and the README for the format and the signature.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from flask.cli import AppGroup
 
 from app.operations import database
 from schemas.registry import PROVIDERS
-from workers import subscriptions
-from workers.deliveries import MAX_AGE
-from workers.outbound import Refused, check_url, resolve, shown_url
-from workers.statuses import EVENT_STATUSES, PENDING
+from schemas.statuses import EVENT_STATUSES, PENDING
+from workers.outbound import subscriptions
+from workers.outbound.deliveries import MAX_AGE
+from workers.outbound.post import Refused, check_url, resolve, shown_url
 
 subscriptions_cli = AppGroup("subscriptions", help="Outbound webhooks: who is told of changes.")
 

@@ -16,12 +16,11 @@ from app.auth import token_matches
 from app.errors import ApiError
 from app.metrics import note_outcome
 from app.queue import QueueUnavailable, enqueue, enqueue_events
-from schemas import providers
 from schemas.events import dump_events
 from schemas.proofs import Callback
-from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body
+from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body, providers
 from workers.celery_app import QUARANTINE
-from workers.redact import mask_message_id
+from workers.core.redact import mask_message_id
 
 log = logging.getLogger(__name__)
 

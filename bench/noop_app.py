@@ -4,7 +4,7 @@ It registers a no-op under Ticks' own task name, so it drains the very backlog T
 (the same messages, copied), and only Celery's own cost per message remains.
 """
 
-from workers.broker import broker_url
+from workers.brokers.broker import broker_url
 from workers.celery_app import APPLY_EVENTS, make_celery
 
 app = make_celery(broker_url())  # BROKER_URL, else REDIS_URL, as Ticks' worker

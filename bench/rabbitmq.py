@@ -38,7 +38,7 @@ from bench.common import (
 )
 from bench.sustained import ramp, worker_argv
 from embedded import LocalRabbitMQ, rabbitmq_missing
-from workers.broker import QUEUE
+from workers.brokers.broker import QUEUE
 
 
 def depth(url: str) -> int:
@@ -58,7 +58,7 @@ def empty(url: str) -> None:
 
 def drain(kind: str, app: str, env: dict[str, str], url: str, sql: str | None, tmp: Path) -> dict:
     """Post the backlog through the endpoint, then time a worker draining it."""
-    from bench.__main__ import queue_through_endpoint
+    from bench.backlog import queue_through_endpoint
 
     empty(url)
     queue_through_endpoint(env, tmp)

@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from bench.common import ROOT, log
 from embedded import EmbeddedRedis
-from workers.migrate import migrate
+from workers.core.migrate import migrate
 
 DAYS = 60
 FILL_MESSAGES = """
@@ -54,7 +54,7 @@ STATUSES = ("SENT", "RECEIVED", "READ")
 
 def fill(url: str, events: int) -> int:
     """A migrated database holding ``events`` history rows over DAYS days; the messages."""
-    from workers.housekeeping import ensure_partitions
+    from workers.lifecycle.housekeeping import ensure_partitions
 
     migrate(url)
     messages = events // 3
@@ -101,7 +101,7 @@ def batches(prefix: str, count: int, known: int, seed: int) -> list[list[Any]]:
 
 def apply_rate(url: str, work: list[list[Any]]) -> float:
     """Events per second the store applies, one transaction per batch."""
-    from workers import store
+    from workers.core import store
 
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
@@ -150,7 +150,7 @@ def read_latencies(url: str, redis_url: str, known: int, requests: int = 2000) -
 
 HOUSEKEEPER = """
 import sys
-from workers.housekeeping import Retention, run
+from workers.lifecycle.housekeeping import Retention, run
 report = run(sys.argv[1], Retention(history_days=45, message_days=46))
 print(report)
 """

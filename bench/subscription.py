@@ -130,7 +130,7 @@ def pipeline(
             stack.enter_context(
                 process(deliveries_argv(), delivery_env, tmp / "sub-deliveries.log")
             )
-            from workers import subscriptions
+            from workers.outbound import subscriptions
 
             if not os.environ.get("BENCH_SUB_IDLE"):  # a probe: the worker without work
                 batch = BATCH if kind == "batched" else 1

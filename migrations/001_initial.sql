@@ -53,7 +53,7 @@ CREATE TABLE quarantine (
 );
 CREATE INDEX quarantine_received_at ON quarantine (received_at);
 
--- The transition rule, mirrored from workers/statuses.py (next_status); the test
+-- The transition rule, mirrored from schemas/statuses.py (next_status); the test
 -- tests/test_store.py::test_sql_rule_agrees_with_python proves they agree on every pair.
 CREATE FUNCTION ticks_next_status(current_status text, incoming text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

@@ -6,7 +6,7 @@ ALTER TABLE messages
 
 -- Rows stored before this have no chat_kind, and a number taken from their @lid, group or
 -- broadcast id in phone: the read API classifies their chat id when it reads them and shows
--- no phone for those (workers/store.py). No backfill here: an UPDATE of every message would
+-- no phone for those (workers/core/store.py). No backfill here: an UPDATE of every message would
 -- hold the table's lock, and the workers, for the whole scan.
 
 -- Per-participant receipts in group chats: one row per (message, participant, status), the

@@ -5,7 +5,7 @@ ALTER TABLE status_events ADD CONSTRAINT status_events_status_check
     CHECK (status IN ('sent', 'received', 'read', 'played', 'failed', 'read_by_me', 'pending'))
     NOT VALID;  -- every row already holds one of these: no table scan under the lock
 
--- The transition rule, mirrored from workers/statuses.py (next_status); the test
+-- The transition rule, mirrored from schemas/statuses.py (next_status); the test
 -- tests/test_store.py::test_sql_rule_agrees_with_python proves they agree on every pair.
 CREATE OR REPLACE FUNCTION ticks_next_status(current_status text, incoming text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

@@ -20,7 +20,7 @@ CREATE INDEX changes_feed ON changes (txid, id);
 
 -- A group member's furthest status, whatever order their receipts came in: the furthest of
 -- sent, received, read, played, or failed when nothing past sent was reported. Mirrors
--- workers/statuses.py (furthest); a test proves they agree.
+-- schemas/statuses.py (furthest); a test proves they agree.
 CREATE FUNCTION ticks_furthest(statuses text[]) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE

@@ -1,4 +1,4 @@
--- Outbound webhooks (workers/deliveries.py). A subscription reads the change feed from its own
+-- Outbound webhooks (workers/outbound/deliveries.py). A subscription reads the change feed from its own
 -- cursor (the same commit-order rule as GET /changes) and turns what it wants into deliveries:
 -- one row per POST, its body fixed when it is made, so every retry sends the same bytes with
 -- the same webhook-id. A subscription's deliveries are split into lanes by message; a

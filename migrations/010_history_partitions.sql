@@ -1,10 +1,10 @@
 -- The history, partitioned by day (UTC) of created_at, so retention drops a day at a time
--- (workers/housekeeping.py) instead of deleting rows one by one, and every index, vacuum and
+-- (workers/lifecycle/housekeeping.py) instead of deleting rows one by one, and every index, vacuum and
 -- backup works on days, not on one table of billions of rows.
 --
 -- A unique index on a partitioned table must hold the partition key, so the history can no
 -- longer be the dedupe. The dedupe moves to the message row: `seen` holds every status already
--- recorded for the message. APPLY_EVENT (workers/store.py) reads and extends it while the
+-- recorded for the message. APPLY_EVENT (workers/core/store.py) reads and extends it while the
 -- message row is locked (LOCK_MESSAGE, held to commit), so it is exact with many workers at
 -- once, for as long as the message row is kept (MESSAGE_RETENTION_DAYS, never shorter than
 -- the history's).
@@ -96,7 +96,7 @@ CREATE TABLE erasures (
     rows         jsonb
 );
 
--- The last change retention removed from the feed (workers/housekeeping.py): GET /changes
+-- The last change retention removed from the feed (workers/lifecycle/housekeeping.py): GET /changes
 -- answers 410 to a cursor before it, whose reader would otherwise miss changes unawares.
 CREATE TABLE feed_horizon (
     one  boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -104,7 +104,7 @@ CREATE TABLE feed_horizon (
     id   bigint  NOT NULL
 );
 
--- An erasure (workers/erasure.py) may rewrite a group message's id that holds the erased
+-- An erasure (workers/lifecycle/erasure.py) may rewrite a group message's id that holds the erased
 -- number; its receipts follow it.
 ALTER TABLE receipts DROP CONSTRAINT receipts_provider_message_id_fkey;
 ALTER TABLE receipts ADD CONSTRAINT receipts_provider_message_id_fkey

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from schemas.registry import PROVIDERS
-from workers.statuses import STATUSES
+from schemas.statuses import STATUSES
 
 
 class AcceptedSchema(Schema):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from marshmallow import Schema, fields, post_load, validate
 
 from schemas.fields import CHAT_KINDS, Chat
-from workers.statuses import EVENT_STATUSES
+from schemas.statuses import EVENT_STATUSES
 
 MAX_ID_LENGTH = 256
 
@@ -84,3 +84,21 @@ def dump_events(events: list[StatusEvent]) -> list[dict[str, Any]]:
 def load_events(payload: list[dict[str, Any]]) -> list[StatusEvent]:
     """Turn a task message's dicts back into validated events."""
     return [EVENT_SCHEMA.load(item) for item in payload]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """What a callback body holds: status events, or another webhook type to ignore.
+
+    ``errors``, when set, names the parts of a body that batches many statuses (Meta's) that
+    did not validate: ``events`` are the valid rest, and the body is quarantined as well."""
+
+    events: list[StatusEvent]
+    ignored: str | None = None
+    errors: dict[str, Any] | None = None
+
+
+class Provider(Protocol):
+    """A provider dialect: one function from a JSON body to canonical events."""
+
+    def __call__(self, body: Any, *, received_at: datetime, request_id: str) -> Parsed: ...

@@ -25,10 +25,9 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas import Parsed
-from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, chat_identity
-from workers.statuses import FAILED, PENDING, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
+from schemas.statuses import FAILED, PENDING, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
 
 EVENTS = frozenset({"messages.update", "message.update"})
 # Evolution's own scale (src/utils/renderStatus.ts) and its Cloud API channel's words.

@@ -7,10 +7,9 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from schemas import Parsed
-from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
-from workers.statuses import FAILED, READ, RECEIVED, SENT
+from schemas.statuses import FAILED, READ, RECEIVED, SENT
 
 WEBHOOK_TYPE = "outgoingMessageStatus"
 # Every failure flavour is one terminal state; the raw value survives in failure_reason.

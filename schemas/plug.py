@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from schemas import Parsed
+from schemas.events import Parsed
 from schemas.zapi import to_events
 
 

@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl
 
 from marshmallow import Schema
 
-from schemas import Provider, evolution, greenapi, meta, plug, twilio, waha, zapi
+from schemas import evolution, greenapi, meta, plug, twilio, waha, zapi
+from schemas.events import Provider
 from schemas.proofs import (
     EitherAuth,
     Proof,
@@ -173,3 +174,8 @@ REGISTRY: dict[str, ProviderRecord] = {
     )
 }
 PROVIDERS = tuple(REGISTRY)
+
+
+def providers() -> dict[str, Provider]:
+    """Return the parser of every supported provider, by its URL name."""
+    return {name: record.parse for name, record in REGISTRY.items()}

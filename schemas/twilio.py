@@ -18,10 +18,9 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from schemas import Parsed
-from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
 from schemas.fields import Identifier, Text, chat_identity
-from workers.statuses import FAILED, PENDING, READ, RECEIVED, SENT
+from schemas.statuses import FAILED, PENDING, READ, RECEIVED, SENT
 
 STATUS_MAP = {
     "queued": PENDING,

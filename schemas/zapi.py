@@ -8,10 +8,9 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from schemas import Parsed
-from schemas.events import MAX_ID_LENGTH, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
-from workers.statuses import FAILED, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
+from schemas.statuses import FAILED, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
 
 CALLBACK_TYPE = "MessageStatusCallback"
 DELIVERY_TYPE = "DeliveryCallback"

@@ -33,8 +33,8 @@ from schemas.events import StatusEvent
 from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each, url_signature
 from schemas.registry import FORM, REGISTRY
 from workers.celery_app import QUEUE
-from workers.db import close_pool
-from workers.migrate import migrate
+from workers.core.db import close_pool
+from workers.core.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -207,7 +207,7 @@ def empty_rabbitmq(url: str) -> None:
     """Empty Ticks' queues (purged, not deleted: publishers keep their declarations)."""
     import amqp.exceptions
 
-    from workers.broker import DEAD_LETTER_QUEUE, DELIVERY_QUEUE, QUEUE
+    from workers.brokers.broker import DEAD_LETTER_QUEUE, DELIVERY_QUEUE, QUEUE
 
     with kombu.Connection(url) as conn:
         for name in (QUEUE, DEAD_LETTER_QUEUE, DELIVERY_QUEUE):

@@ -77,18 +77,18 @@ def test_a_bare_rediss_url_checks_certificates():
 
 
 def test_an_evicting_redis_is_warned_about(broker, redis_url, caplog):
-    from workers.broker import RedisBroker
+    from workers.brokers.broker import RedisBroker
     from workers.celery_app import make_celery
 
     before = broker.config_get("maxmemory-policy")["maxmemory-policy"]
     broker.config_set("maxmemory-policy", "allkeys-lru")
     try:
-        with caplog.at_level("WARNING", logger="workers.broker"):
+        with caplog.at_level("WARNING", logger="workers.brokers.broker"):
             RedisBroker().check_server(make_celery(redis_url))
         assert "maxmemory-policy is allkeys-lru" in caplog.text
         caplog.clear()
         broker.config_set("maxmemory-policy", "noeviction")
-        with caplog.at_level("WARNING", logger="workers.broker"):
+        with caplog.at_level("WARNING", logger="workers.brokers.broker"):
             RedisBroker().check_server(make_celery(redis_url))
         assert caplog.text == ""
     finally:

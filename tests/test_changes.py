@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from schemas.events import StatusEvent
+from schemas.statuses import EVENT_STATUSES, STATUSES, furthest, next_status
 from tests.conftest import API_TOKEN
-from workers import store
-from workers.statuses import EVENT_STATUSES, STATUSES, furthest, next_status
+from workers.core import store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)

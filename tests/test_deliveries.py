@@ -19,7 +19,9 @@ import pytest
 from schemas.events import StatusEvent
 from tests.conftest import API_TOKEN
 from tests.receiver import Answer, Receiver, verified
-from workers import deliveries, outbound, store, subscriptions
+from workers.core import store
+from workers.outbound import deliveries, subscriptions
+from workers.outbound import post as outbound
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -578,7 +580,7 @@ def test_a_replayed_dead_letter_joins_its_lane_without_a_second_sender(db, recei
 def test_a_bad_delivery_setting_stops_the_start_naming_it(name, value):
     env = {**os.environ, name: value}
     result = subprocess.run(
-        [sys.executable, "-c", "import workers.deliveries"],
+        [sys.executable, "-c", "import workers.outbound.deliveries"],
         env=env,
         capture_output=True,
         text=True,

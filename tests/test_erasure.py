@@ -1,4 +1,4 @@
-"""Erasure by phone number (workers/erasure.py, POST /erasures, `flask erase`): afterwards
+"""Erasure by phone number (workers/lifecycle/erasure.py, POST /erasures, `flask erase`): afterwards
 the number is in no table, in any form Ticks stores it; everyone else's data is untouched."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import psycopg
 import pytest
 
 from tests.conftest import API_TOKEN, event_now, free_port, make_app, wait_for
-from workers import store, subscriptions
-from workers.erasure import numbers, pattern
+from workers.core import store
+from workers.lifecycle.erasure import numbers, pattern
+from workers.outbound import subscriptions
 
 PERSON = "5511987654321"
 PERSON_OLD_FORM = "551187654321"  # the same mobile before the ninth digit

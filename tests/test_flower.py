@@ -18,9 +18,10 @@ import pytest
 
 from tests.conftest import API_TOKEN, ROOT, event_now, free_port, wait_for
 from tests.receiver import Receiver
-from workers import ledger, store
-from workers.broker import RedisBroker
+from workers.brokers import ledger
+from workers.brokers.broker import RedisBroker
 from workers.celery_app import APPLY_EVENTS, DELIVER, DELIVERY_QUEUE, QUEUE
+from workers.core import store
 from workers.flower import flower_argv
 
 

@@ -1,6 +1,6 @@
-"""Housekeeping (workers/housekeeping.py) on real PostgreSQL: the history's daily partitions
-created ahead and dropped after retention, on a clock moved days ahead; retention of every
-other table in batches that never wait for a worker's locks; and a real worker doing it."""
+"""Housekeeping (workers/lifecycle/housekeeping.py) on real PostgreSQL: the history's daily
+partitions created ahead and dropped after retention, on a clock moved days ahead; retention of
+every other table in batches that never wait for a worker's locks; and a real worker doing it."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 
 from schemas.events import StatusEvent
 from tests.conftest import event_now, wait_for
-from workers import housekeeping, store, subscriptions
-from workers.housekeeping import Retention, ensure_partitions, partitions
-from workers.store import Outcome
+from workers.core import store
+from workers.core.store import Outcome
+from workers.lifecycle import housekeeping
+from workers.lifecycle.housekeeping import Retention, ensure_partitions, partitions
+from workers.outbound import subscriptions
 
 SHORT = Retention(history_days=2, message_days=4, partitions_ahead=3, batch_size=2)
 

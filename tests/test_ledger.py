@@ -6,7 +6,7 @@ import json
 import time
 
 from tests.conftest import load_fixture
-from workers import ledger
+from workers.brokers import ledger
 from workers.celery_app import QUEUE
 
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from workers import logs
+from workers.core import logs
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from schemas.events import StatusEvent
 from tests.conftest import API_TOKEN, free_port, make_app
-from workers import store
+from workers.core import store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)

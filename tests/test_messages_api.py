@@ -7,10 +7,10 @@ from datetime import datetime
 import psycopg
 import pytest
 
-from schemas import providers
 from schemas.events import StatusEvent
+from schemas.registry import providers
 from tests.conftest import API_TOKEN, load_fixture
-from workers import store
+from workers.core import store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 PARSERS = providers()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import API_TOKEN, load_fixture, queued
-from workers import store
+from workers.core import store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

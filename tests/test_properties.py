@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import StatusEvent
-from workers import store
-from workers.statuses import EVENT_STATUSES, PROGRESS, is_applied, next_status
+from schemas.statuses import EVENT_STATUSES, PROGRESS, is_applied, next_status
+from workers.core import store
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 MAX_WORKERS = 4

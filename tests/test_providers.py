@@ -25,8 +25,8 @@ from tests.conftest import (
     queued,
     signed_post,
 )
-from workers import store
-from workers.store import Outcome
+from workers.core import store
+from workers.core.store import Outcome
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

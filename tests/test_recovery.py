@@ -1,4 +1,4 @@
-"""Handing back what a worker held when its broker connection dropped (workers/recovery.py),
+"""Handing back what a worker held when its broker connection dropped (workers/brokers/recovery.py),
 on a real Redis: kombu's own objects, no worker process."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import redis.client
 import redis.exceptions
 
-from workers import ledger
+from workers.brokers import ledger
+from workers.brokers.recovery import HandedBack, hand_back, lost_channels, take_held
 from workers.celery_app import APPLY_EVENTS, QUEUE, make_celery
-from workers.recovery import HandedBack, hand_back, lost_channels, take_held
 
 EVENTS = [{"provider": "zapi", "message_id": "HB-1", "status": "sent"}]
 

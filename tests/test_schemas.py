@@ -5,9 +5,8 @@ from datetime import UTC, datetime
 import pytest
 from marshmallow import ValidationError
 
-from schemas import providers
 from schemas.events import dump_events, load_events
-from schemas.registry import PROVIDERS
+from schemas.registry import PROVIDERS, providers
 from tests.conftest import fixture_names, load_fixture
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

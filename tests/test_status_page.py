@@ -18,7 +18,7 @@ from app.config import load_config
 from schemas.events import StatusEvent
 from schemas.registry import PROVIDERS
 from tests.conftest import API_TOKEN, WEBHOOK_TOKENS, free_port, load_fixture, make_app
-from workers import store
+from workers.core import store
 
 NOW = datetime(2026, 11, 29, 15, 30, 20, tzinfo=UTC)
 

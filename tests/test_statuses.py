@@ -2,7 +2,7 @@
 
 import pytest
 
-from workers.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
+from schemas.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
 
 # current status -> incoming event -> resulting status. Written out by hand, not derived.
 EXPECTED = {

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 
 from schemas.events import StatusEvent
-from workers import store
-from workers.migrate import migrate
-from workers.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
-from workers.store import Outcome
+from schemas.statuses import EVENT_STATUSES, STATUSES, is_applied, next_status
+from workers.core import store
+from workers.core.migrate import migrate
+from workers.core.store import Outcome
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 OFFSET = {
@@ -297,7 +297,7 @@ def test_the_pool_follows_the_database_asked_for(database_url, postgres_url):
     """A process asked for another database gets a pool on it, not the first one's."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from workers.db import close_pool, get_pool
+    from workers.core.db import close_pool, get_pool
 
     first = get_pool(database_url)
     assert get_pool(database_url) is first

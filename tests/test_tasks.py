@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
-from workers import guarded, store
-from workers.broker import RabbitBroker, RedisBroker
+from workers import guarded
+from workers.brokers.broker import RabbitBroker, RedisBroker
 from workers.celery_app import make_celery
+from workers.core import store
 from workers.guarded import MAX_DELIVERIES, POISON_RETRIES
 from workers.tasks import apply_events
 

@@ -16,7 +16,7 @@ import pytest
 
 from devserver import procfile_commands
 from tests.conftest import API_TOKEN, ROOT, free_port, load_fixture, queued, wait_for
-from workers.redact import redact_paths
+from workers.core.redact import redact_paths
 
 TOKEN = "a-secret-token-never-logged"
 

@@ -8,37 +8,29 @@ from typing import Any
 
 from celery import Celery, signals
 
-from workers import broker, logs, metrics
+from workers import metrics
+from workers.brokers import broker
+from workers.core import logs
+from workers.core.settings import (  # noqa: F401  (theirs to import from here too)
+    DEFAULT_REDIS_URL,
+    DELIVERY_QUEUE,
+    QUEUE,
+    RETRY_BACKOFF_MAX,
+    SWEEP_INTERVAL,
+    SWEEP_MIN_AGE,
+    VISIBILITY_TIMEOUT,
+)
 
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
 ERASE = "ticks.erase"
 DELIVER = "ticks.deliver"
-QUEUE = broker.QUEUE
-# Outbound webhooks go through a queue and a worker of their own (workers/deliveries.py): a
-# slow receiver never holds up the status worker.
-DELIVERY_QUEUE = broker.DELIVERY_QUEUE
-DEFAULT_REDIS_URL = broker.DEFAULT_REDIS_URL
-# Redis redelivers a message not acknowledged within this many seconds: how long the
-# messages of a worker killed outright wait before redelivery. A task waiting out a database
-# outage holds its message unacknowledged, sleeping up to RETRY_BACKOFF_MAX between attempts,
-# and hands it back after half this timeout; a longer backoff would overshoot that.
-VISIBILITY_TIMEOUT = int(os.environ.get("TICKS_VISIBILITY_TIMEOUT", "3600"))
-RETRY_BACKOFF_MAX = int(os.environ.get("TICKS_RETRY_BACKOFF_MAX", "300"))
-# The in-flight ledger's sweeper (workers/ledger.py): how often, and how old an unfinished
-# message must be before it counts as lost if no worker holds it.
-SWEEP_INTERVAL = float(os.environ.get("TICKS_SWEEP_INTERVAL", "60"))
-SWEEP_MIN_AGE = float(os.environ.get("TICKS_SWEEP_MIN_AGE", "120"))
-if RETRY_BACKOFF_MAX * 2 > VISIBILITY_TIMEOUT:
-    raise RuntimeError(
-        f"TICKS_RETRY_BACKOFF_MAX ({RETRY_BACKOFF_MAX}) must be at most half of "
-        f"TICKS_VISIBILITY_TIMEOUT ({VISIBILITY_TIMEOUT}), or Redis redelivers messages "
-        "that a worker still holds through a database outage."
-    )
+# Outbound webhooks go through a queue and a worker of their own (DELIVERY_QUEUE,
+# workers/outbound/deliveries.py): a slow receiver never holds up the status worker.
 
 
 def make_celery(broker_url: str, **transport_options: Any) -> Celery:
-    """Create a Celery app for ``broker_url`` (Redis or RabbitMQ, workers/broker.py); JSON
+    """Create a Celery app for ``broker_url`` (Redis or RabbitMQ, workers/brokers/broker.py); JSON
     only, late acks, no result backend."""
     app = Celery("ticks", broker=broker_url, set_as_current=False)
     app.conf.update(
@@ -88,7 +80,7 @@ def extra_transport_options() -> dict[str, Any]:
 def open_pool(**kwargs: Any) -> None:
     """Open the database pool in each worker process, after the fork; create its metrics
     too, so the first task does not pay for them."""
-    from workers.db import get_pool
+    from workers.core.db import get_pool
 
     get_pool()
     metrics.metrics()
@@ -97,17 +89,9 @@ def open_pool(**kwargs: Any) -> None:
 @signals.worker_process_shutdown.connect
 def shut_pool(**kwargs: Any) -> None:
     """Close the pool when a worker process exits."""
-    from workers.db import close_pool
+    from workers.core.db import close_pool
 
     close_pool()
-
-
-@signals.worker_shutting_down.connect
-def note_shutdown(**kwargs: Any) -> None:
-    """Wake any task waiting out an outage, so it hands its message back at once."""
-    from workers.guarded import SHUTTING_DOWN
-
-    SHUTTING_DOWN.set()
 
 
 @signals.celeryd_init.connect
@@ -145,8 +129,8 @@ def setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
 
 BROKER = broker.current()
 app = make_celery(broker.broker_url())
-app.conf.include = ["workers.tasks", "workers.deliveries"]
+app.conf.include = ["workers.tasks", "workers.outbound.deliveries"]
 if BROKER.name == "redis":
     # Keeps the messages it holds when the Redis connection drops, and hands them back once
-    # it is back (workers/recovery.py). RabbitMQ requeues them itself.
-    app.conf.worker_consumer = "workers.recovery:Consumer"
+    # it is back (workers/brokers/recovery.py). RabbitMQ requeues them itself.
+    app.conf.worker_consumer = "workers.brokers.recovery:Consumer"

@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 
-from workers import store
 from workers.celery_app import BROKER, app
-from workers.db import database_url
+from workers.core import store
+from workers.core.db import database_url
 
 
 def list_letters(conn: psycopg.Connection, pending: bool) -> None:
@@ -40,7 +40,7 @@ def discard(conn: psycopg.Connection, ids: list[int]) -> list[int]:
 
 
 def send_again(task_name: str, payload: Any, summary: str) -> None:
-    """Publish a task message durably (workers/broker.py) with the workers' Celery app."""
+    """Publish a task message durably (workers/brokers/broker.py) with the workers' Celery app."""
     BROKER.publish(app, task_name, payload, task_id=uuid.uuid4().hex, summary=summary)
 
 

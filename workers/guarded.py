@@ -12,21 +12,22 @@ import time
 from typing import Any, ClassVar
 
 import psycopg
-from celery import Task, bootsteps
+from celery import Task, bootsteps, signals
 from celery.exceptions import Reject
 from kombu import Consumer
 from psycopg_pool import PoolTimeout
 
-from workers import broker, ledger, store
-from workers.celery_app import (
-    BROKER,
+from workers.brokers import broker, ledger
+from workers.celery_app import BROKER
+from workers.core import store
+from workers.core.db import get_pool
+from workers.core.settings import (
     QUEUE,
     RETRY_BACKOFF_MAX,
     SWEEP_INTERVAL,
     SWEEP_MIN_AGE,
     VISIBILITY_TIMEOUT,
 )
-from workers.db import get_pool
 from workers.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ POISON_RETRY_SECONDS = 1
 # (on Redis by the task, which counts; on RabbitMQ by the quorum queue's delivery limit).
 MAX_DELIVERIES = broker.MAX_DELIVERIES
 SHUTTING_DOWN = threading.Event()
+
+
+@signals.worker_shutting_down.connect
+def note_shutdown(**kwargs: Any) -> None:
+    """Wake any task waiting out an outage, so it hands its message back at once."""
+    SHUTTING_DOWN.set()
 
 
 def retry_countdown(retries: int, rng: random.Random | None = None) -> float:

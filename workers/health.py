@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import psycopg
 from celery import bootsteps
 
-from workers.db import database_url
+from workers.core.db import database_url
 
 TICK_SECONDS = 5.0
 # The loop counts as stuck past this long without a tick (a task holds it in the solo pool,

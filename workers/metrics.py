@@ -73,7 +73,7 @@ class WorkerMetrics:
         )
         self.retention_removed = Counter(
             "ticks_retention_removed",
-            "Rows removed by retention (workers/housekeeping.py), by table; "
+            "Rows removed by retention (workers/lifecycle/housekeeping.py), by table; "
             "status_events_partitions counts the history's days dropped",
             ["table"],
         )
@@ -88,8 +88,8 @@ class WorkerMetrics:
         """Make every series whose labels are known in advance, at 0, so that dashboards and
         rate() alerts have a series before the first event of its kind (Prometheus' advice)."""
         from schemas.registry import PROVIDERS
-        from workers.statuses import STATUSES, next_status
-        from workers.store import Outcome
+        from schemas.statuses import STATUSES, next_status
+        from workers.core.store import Outcome
 
         for applied in Outcome:
             self.events.labels(applied.value)

@@ -1,4 +1,4 @@
-"""Celery tasks: thin, idempotent wrappers around workers.store (what keeps them safe is in
+"""Celery tasks: thin, idempotent wrappers around workers.core.store (what keeps them safe is in
 workers/guarded.py)."""
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ from collections import Counter
 from typing import Any
 
 from schemas.events import StatusEvent, load_events
-from workers import erasure, recovery, store
+from workers.brokers import recovery
 from workers.celery_app import APPLY_EVENTS, BROKER, ERASE, QUARANTINE, app
-from workers.db import get_pool
+from workers.core import store
+from workers.core.db import get_pool
+from workers.core.redact import mask_message_id, mask_phone
+from workers.core.store import Outcome
 from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
 from workers.health import Liveness
-from workers.housekeeping import Housekeeping
+from workers.lifecycle import erasure
+from workers.lifecycle.housekeeping import Housekeeping
 from workers.metrics import metrics
-from workers.redact import mask_message_id, mask_phone
-from workers.store import Outcome
 
 log = logging.getLogger(__name__)
 

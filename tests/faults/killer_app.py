@@ -8,8 +8,8 @@ import os
 import signal
 
 import workers.tasks  # noqa: F401  (registers the tasks)
-from workers import store
 from workers.celery_app import app
+from workers.core import store
 
 __all__ = ["app"]
 real_apply_events = store.apply_events

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedded import EmbeddedPostgres
-from workers.migrate import migrate
+from workers.core.migrate import migrate
 
 
 def migrated_postgres(data: Path) -> tuple[EmbeddedPostgres, str]:

@@ -24,7 +24,7 @@ from embedded import EmbeddedRedis
 from tests.conftest import wait_for
 from tests.faults.helpers import ZAPI_URL, count, zapi
 from tests.faults.load import PacedLoad
-from workers import ledger
+from workers.brokers import ledger
 from workers.celery_app import QUEUE
 
 pytestmark = pytest.mark.fault

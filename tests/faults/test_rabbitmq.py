@@ -33,7 +33,7 @@ from tests.faults.helpers import (
     post_all,
     zapi,
 )
-from workers.broker import DEAD_LETTER_QUEUE, MAX_DELIVERIES, QUEUE
+from workers.brokers.broker import DEAD_LETTER_QUEUE, MAX_DELIVERIES, QUEUE
 from workers.celery_app import APPLY_EVENTS
 from workers.guarded import POISON_RETRIES
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.fault
 
 PUBLISH = """
 import sys
-from workers.broker import RedisBroker
+from workers.brokers.broker import RedisBroker
 from workers.celery_app import APPLY_EVENTS, make_celery
 event = {"provider": "zapi", "message_id": sys.argv[2], "status": "sent", "raw_status": "SENT",
          "occurred_at": "2026-11-30T10:00:00+00:00", "received_at": "2026-11-30T10:00:00+00:00"}

@@ -16,7 +16,7 @@ from tests.faults.helpers import (
     post_all,
     zapi,
 )
-from workers import ledger
+from workers.brokers import ledger
 from workers.celery_app import APPLY_EVENTS, QUEUE
 from workers.guarded import MAX_DELIVERIES, POISON_RETRIES
 

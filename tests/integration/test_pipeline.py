@@ -8,6 +8,7 @@ import random
 import pytest
 
 from schemas.registry import PROVIDERS
+from schemas.statuses import next_status
 from tests.conftest import (
     API_TOKEN,
     WEBHOOK_TOKENS,
@@ -16,7 +17,6 @@ from tests.conftest import (
     load_fixture,
     wait_for,
 )
-from workers.statuses import next_status
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from werkzeug.serving import make_server
 
 from tests.conftest import API_TOKEN, ROOT, WEBHOOK_TOKENS, load_fixture, wait_for
-from workers import store
+from workers.core import store
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from workers.redact import RedactTokens
+from workers.core.redact import RedactTokens
 
 JSON_FIELDS = "%(levelname)s %(name)s %(process)d %(message)s"
 TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -62,7 +62,7 @@ def dict_config(level: str, own_loggers: tuple[str, ...] = ()) -> dict[str, Any]
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact_tokens": {"()": "workers.redact.RedactTokens"}},
+        "filters": {"redact_tokens": {"()": "workers.core.redact.RedactTokens"}},
         "formatters": {"ticks": formatter_config()},
         "root": {"level": level, "handlers": ["console"]},
         "loggers": {

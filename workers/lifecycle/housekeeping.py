@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import psycopg
 from celery import bootsteps
 
-from workers.settings import whole
+from workers.core.settings import whole
 
 log = logging.getLogger(__name__)
 
@@ -347,12 +347,12 @@ class Housekeeping(bootsteps.StartStopStep):
     requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
     def include_if(self, worker: Any) -> bool:
-        from workers.celery_app import QUEUE
+        from workers.core.settings import QUEUE
 
         return QUEUE in worker.app.amqp.queues.consume_from
 
     def start(self, worker: Any) -> None:
-        from workers.db import database_url
+        from workers.core.db import database_url
         from workers.metrics import metrics
 
         for table in (*EXPIRED_TABLES, PARTITIONS_REMOVED):  # a series each, at 0

@@ -1,5 +1,5 @@
 """Subscriptions and their deliveries in the database: what the CLI, the status page and the
-metrics read and change (the delivery worker's own SQL is in workers/deliveries.py)."""
+metrics read and change (the delivery worker's own SQL is in workers/outbound/deliveries.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from workers.outbound import new_secret
+from workers.outbound.post import new_secret
 
 INSERT = """
 INSERT INTO subscriptions (id, url, providers, statuses, secret, batch_size, cursor_txid)

@@ -34,8 +34,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps as json_dumps
 
-from workers import ledger
-from workers.celery_app import QUEUE
+from workers.brokers import ledger
+from workers.core.settings import QUEUE
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import enum
 import itertools
 import json
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,8 +35,7 @@ from psycopg.rows import dict_row
 
 from schemas.events import StatusEvent
 from schemas.fields import chat_identity
-from workers import subscriptions
-from workers.statuses import PENDING, PROGRESS, STATUSES, furthest, rank
+from schemas.statuses import PENDING, PROGRESS, STATUSES, furthest, rank
 
 LOCK_MESSAGE = """
 INSERT INTO messages AS m (provider, message_id, phone, chat_id, chat_kind, is_group,
@@ -630,13 +630,15 @@ def fetch_overview(
     minutes: int = 60,
     failures: int = 20,
     timeout_ms: int | None = None,
+    more: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return what the status page shows, read at one moment (one REPEATABLE READ snapshot).
 
     counts: {(provider, status): {"hour": n, "day": n}}; per_minute: rows of minute, events,
     failed for the last ``minutes`` minutes, the current one included; failed: the latest
     ``failures`` failed messages; now, and the quarantine and dead-letter counts.
-    With ``timeout_ms``, a statement running longer is cancelled (QueryCanceled).
+    With ``timeout_ms``, a statement running longer is cancelled (QueryCanceled). ``more``:
+    other queries by name (the outbound subscriptions' overview), read in the same snapshot.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -649,5 +651,6 @@ def fetch_overview(
         }
         overview["per_minute"] = cur.execute(EVENTS_PER_MINUTE, {"minutes": minutes}).fetchall()
         overview["failed"] = cur.execute(LATEST_FAILED, {"limit": failures}).fetchall()
-        overview["subscriptions"] = cur.execute(subscriptions.OVERVIEW).fetchall()
+        for name, query in (more or {}).items():
+            overview[name] = cur.execute(query).fetchall()
     return overview

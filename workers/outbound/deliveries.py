@@ -3,7 +3,7 @@ worker POSTs them, signed, at least once, in order per message.
 
 How a change reaches a receiver (migrations/009_subscriptions.sql):
 1. The status worker writes the change in the transaction that applied it (the outbox;
-   workers/store.py). It knows nothing of subscriptions: a receiver never slows it down.
+   workers/core/store.py). It knows nothing of subscriptions: a receiver never slows it down.
 2. Every POLL_SECONDS the delivery worker's pump (DeliveryPump) reads each subscription's
    part of the feed after its cursor, in commit order, and writes deliveries: one per POST,
    in one of LANES lanes by message, holding one change or, with a batch size, several. Its
@@ -37,13 +37,13 @@ import psycopg
 from celery import bootsteps
 from psycopg.rows import dict_row
 
-from workers import store
 from workers.celery_app import DELIVER, DELIVERY_QUEUE, app
-from workers.db import get_pool
+from workers.core import store
+from workers.core.db import get_pool
+from workers.core.settings import seconds
 from workers.guarded import SHUTTING_DOWN
 from workers.metrics import metrics
-from workers.outbound import Answer, allow_private, post, shown_url, signature_header
-from workers.settings import seconds
+from workers.outbound.post import Answer, allow_private, post, shown_url, signature_header
 
 log = logging.getLogger(__name__)
 

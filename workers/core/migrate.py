@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from workers.db import database_url
+from workers.core.db import database_url
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ without it ``REDIS_URL``, then Redis on localhost. app/ and workers/ call ``curr
 
 - Redis keeps no delivery count and loses a message taken by a worker that dies before it
   records it as held, so on Redis every publish is recorded in the in-flight ledger
-  (workers/ledger.py) in the same transaction, a sweeper republishes what was lost, and a
+  (workers/brokers/ledger.py) in the same transaction, a sweeper republishes what was lost, and a
   counter beside the queue counts redeliveries.
 - RabbitMQ does all of that natively: the queue is a durable quorum queue that counts
   deliveries and dead-letters a message returned more than ``x-delivery-limit`` times to a
@@ -33,11 +33,12 @@ import redis.exceptions
 from celery import Celery
 from kombu import Exchange, Queue
 
+from workers.brokers import ledger
+from workers.brokers.messages import create_task_message
+from workers.core.settings import DEFAULT_REDIS_URL, DELIVERY_QUEUE, QUEUE
+
 log = logging.getLogger(__name__)
 
-QUEUE = "ticks"
-DELIVERY_QUEUE = "ticks.deliveries"  # outbound webhooks' tasks (workers/deliveries.py)
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 # Everything a broker that is down, unreachable, blocked or silent raises at a publisher.
 ERRORS: tuple[type[BaseException], ...] = (
@@ -74,22 +75,6 @@ class QueueSnapshot:
     inflight: int | None  # published and not yet finished (the in-flight ledger)
 
 
-def create_task_message(
-    celery: Celery, task_name: str, payload: Any, task_id: str, summary: str
-) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """Return the headers, properties and body Celery's send_task would publish."""
-    headers, properties, body, _ = celery.amqp.create_task_message(
-        task_id,
-        task_name,
-        [payload],
-        {},
-        # argsrepr is what Flower and the logs show: a summary, never phone numbers.
-        argsrepr=summary,
-        kwargsrepr="{}",
-    )
-    return headers, properties, body
-
-
 class RedisBroker:
     """Redis: the in-flight ledger, its sweeper and a delivery counter make it safe."""
 
@@ -103,8 +88,8 @@ class RedisBroker:
             if options.get(name, default) != default:
                 raise RuntimeError(
                     f"broker transport option {name}={options[name]!r} is not supported: the "
-                    "in-flight ledger (workers/ledger.py) reads kombu's Redis keys by their "
-                    "default names; remove it (use a Redis database of its own instead of a "
+                    "in-flight ledger (workers/brokers/ledger.py) reads kombu's Redis keys by "
+                    "their default names; remove it (use a Redis database of its own instead of a "
                     "key prefix)"
                 )
         celery.conf.broker_transport_options = options
@@ -142,8 +127,6 @@ class RedisBroker:
         timeout: float = 5,
     ) -> None:
         """Put a task message on the queue with its ledger entry; raise the broker's errors."""
-        from workers import ledger
-
         ledger.publish(
             celery, task_name, payload, task_id=task_id, summary=summary, timeout=timeout
         )
@@ -173,8 +156,6 @@ class RedisBroker:
 
     def settle(self, celery: Celery, task_id: str, finished: bool) -> None:
         """Drop the delivery count; once finished, the message's ledger entry too."""
-        from workers import ledger
-
         try:
             with celery.pool.acquire(block=True, timeout=5) as conn:
                 pipe = conn.default_channel.client.pipeline().delete(self.delivery_key(task_id))
@@ -188,8 +169,6 @@ class RedisBroker:
 
     def snapshot(self, celery: Celery, timeout: float) -> QueueSnapshot | None:
         """Read the queue from Redis, or return None when it does not answer."""
-        from workers import ledger
-
         try:
             with celery.pool.acquire(block=True, timeout=timeout) as conn:
                 client = conn.default_channel.client

@@ -22,7 +22,8 @@ from celery import Celery
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
 
-from workers.celery_app import QUEUE
+from workers.brokers.messages import create_task_message
+from workers.core.settings import QUEUE
 
 # Clients here are kombu's redis-py clients (conn.default_channel.client), typed as Any.
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ def broker_message(
     celery: Celery, channel: Any, task_name: str, payload: Any, task_id: str, summary: str
 ) -> str:
     """Return the task message as kombu's Redis transport stores it on the queue."""
-    from workers.broker import create_task_message  # workers.broker imports this lazily
-
     headers, properties, body = create_task_message(celery, task_name, payload, task_id, summary)
     content_type, content_encoding, data = serialize(body, serializer="json")
     message = channel.prepare_message(
