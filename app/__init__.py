@@ -33,6 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         changes,
         erasures,
         health,
+        instances,
         messages,
         openapi,
         operations,
@@ -44,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(changes.bp)
+    app.register_blueprint(instances.bp)
     app.register_blueprint(erasures.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(operations.bp)

@@ -230,7 +230,8 @@ SELECT now() AS now,
        (SELECT min(received_at) FROM quarantine) AS quarantine,
        (SELECT created_at FROM dead_letters ORDER BY id LIMIT 1) AS dead_letters,
        (SELECT created_at FROM changes ORDER BY id LIMIT 1) AS changes,
-       (SELECT created_at FROM deliveries ORDER BY id LIMIT 1) AS deliveries
+       (SELECT created_at FROM deliveries ORDER BY id LIMIT 1) AS deliveries,
+       (SELECT created_at FROM instance_events ORDER BY id LIMIT 1) AS instance_events
 """
 
 

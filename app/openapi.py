@@ -204,6 +204,8 @@ def build_spec() -> dict[str, Any]:
         "Message",
         "Change",
         "ChangePage",
+        "Instance",
+        "InstanceList",
         "MessageSummary",
         "MessagePage",
         "Health",
@@ -284,6 +286,30 @@ def build_spec() -> dict[str, Any]:
                 "responses": {
                     "200": answer("a page of messages", "MessagePage"),
                     "400": answer("a bad filter, limit or cursor, named in errors"),
+                    "401": ERRORS["401"],
+                    "503": answer("the database is unavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/instances",
+        operations={
+            "get": {
+                "summary": "Each sending number, with its provider's last connection report",
+                "security": BEARER,
+                "parameters": [
+                    {
+                        "name": "provider",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": list(REGISTRY)},
+                    }
+                ],
+                "responses": {
+                    "200": answer(
+                        "instances seen in the last 24 hours or reported", "InstanceList"
+                    ),
+                    "400": answer("an unknown provider, named in errors"),
                     "401": ERRORS["401"],
                     "503": answer("the database is unavailable"),
                 },

@@ -16,10 +16,10 @@ from app.auth import token_matches
 from app.errors import ApiError
 from app.metrics import note_outcome
 from app.queue import QueueUnavailable, enqueue, enqueue_events
-from schemas.events import dump_events
+from schemas.events import ConnectionEvent, dump_connections, dump_events
 from schemas.proofs import Callback
 from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body, providers
-from workers.celery_app import QUARANTINE
+from workers.celery_app import QUARANTINE, RECORD_CONNECTIONS
 from workers.core.redact import mask_message_id
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
         )
         note_outcome("ignored")
         return jsonify(accepted=0, ignored=parsed.ignored)
+    if parsed.connections:  # an instance connected, disconnected, was restricted...
+        return record_connections(provider, parsed.connections, request_id)
     try:
         enqueue_events(dump_events(parsed.events))
     except QueueUnavailable:
@@ -221,6 +223,25 @@ def publish(task_name: str, payload: Any, request_id: str, summary: str) -> None
         enqueue(task_name, payload, task_id=request_id, summary=summary)
     except QueueUnavailable:
         raise unavailable() from None
+
+
+def record_connections(
+    provider: str, connections: list[ConnectionEvent], request_id: str
+) -> Response:
+    """Enqueue an instance's connection events (seldom: one task message each callback)."""
+    summary = f"[{provider} connection: {', '.join(c.state for c in connections)}]"
+    publish(RECORD_CONNECTIONS, dump_connections(connections), request_id, summary)
+    note_outcome("accepted", len(connections))
+    log.info(
+        "accepted connection provider=%s instance_id=%s state=%s raw_state=%s request_id=%s",
+        provider,
+        connections[0].instance_id,
+        connections[0].state,
+        connections[0].raw_state,
+        request_id,
+        extra={"provider": provider, "request_id": request_id, "outcome": "accepted"},
+    )
+    return jsonify(accepted=len(connections))
 
 
 def unavailable() -> ApiError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
+from schemas.events import CONNECTION_STATES
 from schemas.registry import PROVIDERS
 from schemas.statuses import STATUSES
 
@@ -134,6 +135,43 @@ class ChangePageSchema(Schema):
     next = fields.String(
         required=True, metadata={"description": "the cursor to ask with next (after=...)"}
     )
+
+
+class ReportedSchema(Schema):
+    """What the provider last reported of an instance's connection."""
+
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(CONNECTION_STATES),
+        metadata={"description": "connected, connecting, disconnected, restricted or banned"},
+    )
+    raw_state = fields.String(required=True, metadata={"description": "the provider's words"})
+    reason = fields.String(required=True, allow_none=True)
+    at = fields.DateTime(required=True, metadata={"description": "when it happened"})
+    since = fields.DateTime(required=True, metadata={"description": "in this state since"})
+
+
+class InstanceSchema(Schema):
+    """A sending number (an instance: Z-API's instanceId, Green-API's idInstance, WAHA's
+    session, Evolution's instance, Meta's phone number id, Twilio's sender)."""
+
+    provider = fields.String(required=True)
+    instance_id = fields.String(required=True)
+    reported = fields.Nested(
+        ReportedSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "null: its provider never reported its connection"},
+    )
+    last_status_at = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "its messages' last status in the last 24 hours"},
+    )
+
+
+class InstanceListSchema(Schema):
+    instances = fields.List(fields.Nested(InstanceSchema), required=True)
 
 
 class MessageListQuerySchema(Schema):

@@ -86,9 +86,61 @@ def load_events(payload: list[dict[str, Any]]) -> list[StatusEvent]:
     return [EVENT_SCHEMA.load(item) for item in payload]
 
 
+# What a provider reports of a sending number's (an instance's) connection, in one vocabulary:
+# connected (sending), connecting (starting, reconnecting), disconnected (logged out, the phone
+# away, a session stopped or failed: nothing is sent until someone acts), restricted (a
+# temporary block or a quality flag: sending limited), banned (the number or account blocked).
+CONNECTION_STATES = ("connected", "connecting", "disconnected", "restricted", "banned")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionEvent:
+    """One report of an instance's connection or health, normalised across providers."""
+
+    provider: str
+    instance_id: str
+    state: str
+    raw_state: str  # the provider's own words: "stateInstance=blocked", "close 403"
+    occurred_at: datetime
+    received_at: datetime
+    reason: str | None = None
+    request_id: str | None = None
+
+
+class ConnectionEventSchema(Schema):
+    """Serialise a ConnectionEvent for the queue, and load it back."""
+
+    provider = fields.String(required=True)
+    instance_id = fields.String(required=True, validate=validate.Length(1, MAX_ID_LENGTH))
+    state = fields.String(required=True, validate=validate.OneOf(CONNECTION_STATES))
+    raw_state = fields.String(required=True, validate=validate.Length(1, MAX_ID_LENGTH))
+    occurred_at = fields.AwareDateTime(required=True, format="iso")
+    received_at = fields.AwareDateTime(required=True, format="iso")
+    reason = fields.String(load_default=None, allow_none=True)
+    request_id = fields.String(load_default=None, allow_none=True)
+
+    @post_load
+    def make_event(self, data: dict[str, Any], **kwargs: Any) -> ConnectionEvent:
+        return ConnectionEvent(**data)
+
+
+CONNECTION_SCHEMA = ConnectionEventSchema()
+
+
+def dump_connections(events: list[ConnectionEvent]) -> list[dict[str, Any]]:
+    """Turn connection events into the JSON-safe dicts a task message carries."""
+    return [CONNECTION_SCHEMA.dump(event) for event in events]
+
+
+def load_connections(payload: list[dict[str, Any]]) -> list[ConnectionEvent]:
+    """Turn a task message's dicts back into validated connection events."""
+    return [CONNECTION_SCHEMA.load(item) for item in payload]
+
+
 @dataclasses.dataclass(frozen=True)
 class Parsed:
-    """What a callback body holds: status events, or another webhook type to ignore.
+    """What a callback body holds: status events, connection events, or another webhook type
+    to ignore.
 
     ``errors``, when set, names the parts of a body that batches many statuses (Meta's) that
     did not validate: ``events`` are the valid rest, and the body is quarantined as well."""
@@ -96,6 +148,7 @@ class Parsed:
     events: list[StatusEvent]
     ignored: str | None = None
     errors: dict[str, Any] | None = None
+    connections: list[ConnectionEvent] = dataclasses.field(default_factory=list)
 
 
 class Provider(Protocol):

@@ -25,11 +25,22 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, ConnectionEvent, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, chat_identity
 from schemas.statuses import FAILED, PENDING, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
 
 EVENTS = frozenset({"messages.update", "message.update"})
+# connection.update (CONNECTION_UPDATE): the instance's state, and for `close` WhatsApp's
+# reason (Baileys' DisconnectReason), in Ticks' connection vocabulary.
+CONNECTION_EVENT = "connection.update"
+CONNECTION_STATES = {"open": "connected", "connecting": "connecting", "refused": "disconnected"}
+CLOSE_REASONS = {
+    401: ("disconnected", "logged out"),
+    402: ("restricted", "temporarily banned"),  # Evolution's reading of the code
+    403: ("banned", "forbidden"),
+    406: ("banned", "banned"),  # Evolution's reading of the code
+    440: ("disconnected", "replaced by another session"),
+}
 # Evolution's own scale (src/utils/renderStatus.ts) and its Cloud API channel's words.
 NUMERIC = ("ERROR", "PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED")
 STATUS_MAP = {
@@ -93,9 +104,56 @@ class EvolutionWebhookSchema(Schema):
 SCHEMA = EvolutionWebhookSchema()
 
 
+class ConnectionStateSchema(Schema):
+    """connection.update's data; unknown fields (wuid, profileName...) are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    state = fields.String(required=True, validate=validate.OneOf([*CONNECTION_STATES, "close"]))
+    statusReason = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class ConnectionUpdateSchema(Schema):
+    """A connection.update webhook; its date_time is the server's local time marked Z (off
+    by the server's UTC offset), so Ticks' own receipt time stands for when it happened."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    instance = Identifier(required=True)
+    data = fields.Nested(ConnectionStateSchema, required=True)
+
+
+CONNECTION_SCHEMA = ConnectionUpdateSchema()
+
+
+def connection_event(body: Any, received_at: datetime, request_id: str) -> ConnectionEvent:
+    """The instance's new state, as a connection event."""
+    data = CONNECTION_SCHEMA.load(body)
+    state, code = data["data"]["state"], data["data"]["statusReason"]
+    if state == "close":
+        normalised, reason = CLOSE_REASONS.get(code, ("disconnected", "connection closed"))
+    else:
+        normalised, reason = CONNECTION_STATES[state], None
+    return ConnectionEvent(
+        provider="evolution",
+        instance_id=data["instance"],
+        state=normalised,
+        raw_state=f"{state} {code}" if code is not None else state,
+        occurred_at=received_at,
+        received_at=received_at,
+        reason=reason,
+        request_id=request_id,
+    )
+
+
 def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
-    """Turn a messages.update into one event; every other event is ignored."""
+    """Turn a messages.update into one event, a connection.update into a connection event;
+    every other event is ignored."""
     kind = event_name(body.get("event")) if isinstance(body, dict) else None
+    if kind == CONNECTION_EVENT:
+        return Parsed(events=[], connections=[connection_event(body, received_at, request_id)])
     if kind is not None and kind not in EVENTS:
         return Parsed(events=[], ignored=body["event"])
     data = body.get("data") if isinstance(body, dict) else None

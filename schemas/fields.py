@@ -33,6 +33,20 @@ class EpochTimestamp(fields.Field):
             raise ValidationError("Timestamp out of range.") from None
 
 
+class EpochSecondsOrMillis(EpochTimestamp):
+    """An epoch timestamp in seconds or in milliseconds, told apart by size: Z-API's
+    connection webhooks give ``momment`` in seconds in one example and milliseconds in
+    another (10^11 seconds is the year 5138; 10^11 milliseconds is 1973)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(per_second=1, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        digits = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+        self.per_second = 1000 if digits.isdigit() and int(digits) >= 10**11 else 1
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def digits_only(value: str | None) -> str | None:
     """Return the digits of a phone number or chat id, or None when it has none."""
     if value is None:

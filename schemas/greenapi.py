@@ -5,13 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, ConnectionEvent, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
 from schemas.statuses import FAILED, READ, RECEIVED, SENT
 
 WEBHOOK_TYPE = "outgoingMessageStatus"
+# The account's state (settings: stateWebhook = yes), in Ticks' connection vocabulary.
+STATE_TYPE = "stateInstanceChanged"
+STATES = {
+    "authorized": "connected",
+    "starting": "connecting",
+    "notAuthorized": "disconnected",  # logged out: the QR code must be scanned again
+    "sleepMode": "disconnected",  # the phone is off or offline
+    "yellowCard": "restricted",  # sending suspended for a while: too many complaints
+    "blocked": "banned",
+}
 # Every failure flavour is one terminal state; the raw value survives in failure_reason.
 STATUS_MAP = {
     "sent": SENT,
@@ -62,9 +72,44 @@ def failure_reason(status: str, description: str | None) -> str | None:
     return f"{status}: {description}" if description else status
 
 
+class StateInstanceChangedSchema(Schema):
+    """A stateInstanceChanged notification; unknown fields are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    instanceData = fields.Nested(InstanceDataSchema, required=True)
+    timestamp = EpochTimestamp(per_second=1, required=True)
+    stateInstance = fields.String(required=True, validate=validate.OneOf(STATES))
+
+
+STATE_SCHEMA = StateInstanceChangedSchema()
+
+
+def state_event(body: Any, received_at: datetime, request_id: str) -> ConnectionEvent:
+    """The account's new state, as a connection event of its instance."""
+    data = STATE_SCHEMA.load(body)
+    instance_id = data["instanceData"]["idInstance"]
+    if instance_id is None:
+        raise ValidationError(
+            {"instanceData": {"idInstance": ["Missing data for required field."]}}
+        )
+    return ConnectionEvent(
+        provider="greenapi",
+        instance_id=instance_id,
+        state=STATES[data["stateInstance"]],
+        raw_state=data["stateInstance"],
+        occurred_at=data["timestamp"],
+        received_at=received_at,
+        request_id=request_id,
+    )
+
+
 def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     """Turn a Green-API notification into one event, or ignore another webhook type."""
     kind = body.get("typeWebhook") if isinstance(body, dict) else None
+    if kind == STATE_TYPE:
+        return Parsed(events=[], connections=[state_event(body, received_at, request_id)])
     if isinstance(kind, str) and kind != WEBHOOK_TYPE:
         return Parsed(events=[], ignored=kind)
     data = SCHEMA.load(body)

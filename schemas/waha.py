@@ -19,11 +19,22 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, ConnectionEvent, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, chat_identity
 from schemas.statuses import FAILED, PENDING, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
 
 EVENTS = frozenset({"message.ack", "message.ack.group"})
+# A session's status (event session.status), in Ticks' connection vocabulary.
+SESSION_EVENT = "session.status"
+SESSION_STATES = {
+    "WORKING": "connected",
+    "STARTING": "connecting",
+    "SCAN_QR_CODE": "disconnected",  # logged out: waiting for its QR code to be scanned
+    "STOPPED": "disconnected",
+    "FAILED": "disconnected",
+    "PASSKEY_REQUIRED": "disconnected",  # GOWS: waiting for a passkey (WAHA 2026)
+    "PASSKEY_CONFIRMATION_REQUIRED": "disconnected",
+}
 ACKS = {-1: "ERROR", 0: "PENDING", 1: "SERVER", 2: "DEVICE", 3: "READ", 4: "PLAYED"}
 STATUS_MAP = {
     "ERROR": FAILED,
@@ -82,9 +93,50 @@ def split_id(serialized: str) -> tuple[str, str | None]:
     return serialized, chat
 
 
+class SessionStatusSchema(Schema):
+    """session.status's payload; unknown fields are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(required=True, validate=validate.OneOf(SESSION_STATES))
+
+
+class SessionEventSchema(Schema):
+    """A session.status event; unknown fields (me, engine, environment...) are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    session = Identifier(required=True)
+    timestamp = EpochTimestamp(per_second=1000, load_default=None, allow_none=True)
+    payload = fields.Nested(SessionStatusSchema, required=True)
+
+
+SESSION_SCHEMA = SessionEventSchema()
+
+
+def session_event(body: Any, received_at: datetime, request_id: str) -> ConnectionEvent:
+    """The session's new status, as a connection event of its instance (the session)."""
+    data = SESSION_SCHEMA.load(body)
+    status = data["payload"]["status"]
+    return ConnectionEvent(
+        provider="waha",
+        instance_id=data["session"],
+        state=SESSION_STATES[status],
+        raw_state=status,
+        occurred_at=data["timestamp"] or received_at,
+        received_at=received_at,
+        request_id=request_id,
+    )
+
+
 def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
-    """Turn a message.ack into one event; every other event is ignored."""
+    """Turn a message.ack into one event, a session.status into a connection event; every
+    other event is ignored."""
     kind = body.get("event") if isinstance(body, dict) else None
+    if kind == SESSION_EVENT:
+        return Parsed(events=[], connections=[session_event(body, received_at, request_id)])
     if isinstance(kind, str) and kind not in EVENTS:
         return Parsed(events=[], ignored=kind)
     data = SCHEMA.load(body)

@@ -8,12 +8,15 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
-from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
+from schemas.events import MAX_ID_LENGTH, ConnectionEvent, Parsed, StatusEvent, chat_fields
+from schemas.fields import EpochSecondsOrMillis, EpochTimestamp, Identifier, Text, chat_identity
 from schemas.statuses import FAILED, PLAYED, READ, READ_BY_ME, RECEIVED, SENT
 
 CALLBACK_TYPE = "MessageStatusCallback"
 DELIVERY_TYPE = "DeliveryCallback"
+# The instance's own webhooks "on disconnect" and "on connect" (update-webhook-disconnected,
+# update-webhook-connected; update-every-webhooks points them here too).
+CONNECTION_TYPES = {"DisconnectedCallback": "disconnected", "ConnectedCallback": "connected"}
 # One callback may report many messages; a bound keeps one body from becoming a flood.
 MAX_IDS = 1000
 # READ_BY_ME (2025) and READ-SELF (older, and Plug) are the connected account's own read
@@ -81,6 +84,38 @@ SCHEMA = MessageStatusSchema()
 DELIVERY_SCHEMA = DeliveryCallbackSchema()
 
 
+class ConnectionCallbackSchema(Schema):
+    """Z-API's DisconnectedCallback / ConnectedCallback; unknown fields are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.OneOf(CONNECTION_TYPES))
+    instanceId = Identifier(required=True)
+    momment = EpochSecondsOrMillis(required=True)
+    error = Text(load_default=None, allow_none=True)
+
+
+CONNECTION_SCHEMA = ConnectionCallbackSchema()
+
+
+def connection_event(
+    provider: str, body: Any, received_at: datetime, request_id: str
+) -> ConnectionEvent:
+    """The instance connected, or lost its connection (``error`` says why, when it does)."""
+    data = CONNECTION_SCHEMA.load(body)
+    return ConnectionEvent(
+        provider=provider,
+        instance_id=data["instanceId"],
+        state=CONNECTION_TYPES[data["type"]],
+        raw_state=data["type"],
+        occurred_at=data["momment"],
+        received_at=received_at,
+        reason=data["error"],
+        request_id=request_id,
+    )
+
+
 def other_type(body: Any) -> str | None:
     """Return the webhook type when the body is some other Z-API callback, to be ignored."""
     kind = body.get("type") if isinstance(body, dict) else None
@@ -89,6 +124,10 @@ def other_type(body: Any) -> str | None:
 
 def to_events(provider: str, body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     """Validate a Z-API style body and make one event per message id."""
+    if isinstance(body, dict) and body.get("type") in CONNECTION_TYPES:
+        return Parsed(
+            events=[], connections=[connection_event(provider, body, received_at, request_id)]
+        )
     ignored = other_type(body)
     if ignored:
         return Parsed(events=[], ignored=ignored)

@@ -108,7 +108,6 @@ def test_evolution_read_of_a_received_message_is_read_by_me():
     ("fixture", "ignored"),
     [
         ("other_type_messages_upsert", "messages.upsert"),
-        ("other_type_connection_update", "connection.update"),
         ("other_type_deleted_edit", "messages.update DELETED"),
         ("other_type_received_message_ack", "messages.update of a received message"),
     ],
@@ -222,7 +221,6 @@ def test_waha_group_ack_lands_on_the_message_with_its_participant():
     ("fixture", "ignored"),
     [
         ("other_type_message", "message"),
-        ("other_type_session_status", "session.status"),
         ("other_type_received_message_ack", "message.ack of a received message"),
     ],
 )

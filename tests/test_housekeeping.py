@@ -158,9 +158,26 @@ def test_every_table_keeps_its_rows_only_as_long_as_its_retention(db, clock):
             " expires_at, delivered_at, dead_at) VALUES (%s, 0, '{}', 1, now(), now(), %s, %s)",
             (sub, delivered, dead),
         )
+    # Instances' connection reports: as long as the history (90 days), the instance's latest
+    # state kept whatever its age.
+    for n, age in enumerate((91, 92, 93, 89)):
+        db.execute(
+            "INSERT INTO instance_events (provider, instance_id, state, raw_state,"
+            " occurred_at, received_at, created_at) VALUES ('waha', 'shop', 'connected',"
+            " %s, %s, %s, %s)",
+            (f"WORKING {n}", now - timedelta(days=age), now, now - timedelta(days=age)),
+        )
+    db.execute(
+        "INSERT INTO instances (provider, instance_id, state, raw_state, reported_at, since)"
+        " VALUES ('waha', 'old-shop', 'banned', 'blocked', %s, %s)",
+        (now - timedelta(days=400), now - timedelta(days=400)),
+    )
 
     report = clock(timedelta(0), Retention(batch_size=2))
 
+    assert report.removed["instance_events"] == 3
+    assert db.execute("SELECT raw_state FROM instance_events").fetchall() == [("WORKING 3",)]
+    assert db.execute("SELECT count(*) FROM instances").fetchone() == (1,)
     assert report.removed["messages"] == 3
     assert [r[0] for r in db.execute("SELECT message_id FROM messages")] == ["NEW-1"]
     assert {r[0] for r in db.execute("SELECT request_id FROM quarantine")} == {

@@ -96,11 +96,10 @@ def test_unknown_green_api_status_is_invalid(raw):
 def test_every_fixture_parses(provider):
     for fixture in fixture_names(provider):
         parsed = parse(provider, load_fixture(provider, fixture))
-        # Connection and number-health events (tests/fixtures/*/connection_*, verified in
-        # docs/research-connection-events.md) are answered 200 and ignored until Ticks
-        # records them (issue 27): never mistaken for a message's status.
-        if fixture.startswith(("other_type", "connection_")):
+        if fixture.startswith("other_type"):
             assert parsed.ignored and parsed.events == [], fixture
+        elif fixture.startswith("connection_"):  # tests/test_connections.py has each
+            assert parsed.events == [] and (parsed.connections or parsed.ignored), fixture
         else:
             assert parsed.ignored is None and parsed.events, fixture
 

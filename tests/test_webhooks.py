@@ -197,7 +197,6 @@ def test_invalid_green_api_body_is_answered_200_and_quarantined(client, broker):
     [
         ("zapi", "other_type_received_callback", "ReceivedCallback"),
         ("greenapi", "other_type_incoming_message", "incomingMessageReceived"),
-        ("greenapi", "other_type_state_instance", "stateInstanceChanged"),
     ],
 )
 def test_other_webhook_types_are_answered_200_and_ignored(client, broker, provider, fixture, kind):

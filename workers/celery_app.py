@@ -24,6 +24,7 @@ from workers.core.settings import (  # noqa: F401  (theirs to import from here t
 APPLY_EVENTS = "ticks.apply_events"
 QUARANTINE = "ticks.quarantine"
 ERASE = "ticks.erase"
+RECORD_CONNECTIONS = "ticks.record_connections"
 DELIVER = "ticks.deliver"
 # Outbound webhooks go through a queue and a worker of their own (DELIVERY_QUEUE,
 # workers/outbound/deliveries.py): a slow receiver never holds up the status worker.

@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from schemas.events import StatusEvent, load_events
+from schemas.events import StatusEvent, load_connections, load_events
 from workers.brokers import recovery
-from workers.celery_app import APPLY_EVENTS, BROKER, ERASE, QUARANTINE, app
+from workers.celery_app import APPLY_EVENTS, BROKER, ERASE, QUARANTINE, RECORD_CONNECTIONS, app
 from workers.core import store
 from workers.core.db import get_pool
 from workers.core.redact import mask_message_id, mask_phone
@@ -89,6 +89,24 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
                 event.request_id,
             )
     return counts
+
+
+@app.task(name=RECORD_CONNECTIONS, base=GuardedTask)
+def record_connections(payload: list[dict[str, Any]]) -> int:
+    """Record what a provider reported of an instance's connection (GET /instances)."""
+    events = load_connections(payload)
+    with get_pool().connection() as conn:
+        new = store.record_connections(conn, events)
+    for event in events:
+        log.info(
+            "connection provider=%s instance_id=%s state=%s raw_state=%s new=%d",
+            event.provider,
+            event.instance_id,
+            event.state,
+            event.raw_state,
+            new,
+        )
+    return new
 
 
 @app.task(name=QUARANTINE, base=GuardedTask)

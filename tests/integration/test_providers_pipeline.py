@@ -160,9 +160,7 @@ def test_signed_twilio_form_lands_and_a_pending_one_moves_nothing(client, start_
     ("provider", "fixture"),
     [
         ("evolution", "other_type_messages_upsert"),
-        ("evolution", "other_type_connection_update"),
         ("waha", "other_type_message"),
-        ("waha", "other_type_session_status"),
         ("twilio", "other_type_inbound_received"),
         ("meta", "other_type_incoming_message"),
         ("meta", "other_type_account_update"),

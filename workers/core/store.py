@@ -21,6 +21,7 @@ How a batch is applied, in one transaction:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import json
@@ -521,6 +522,67 @@ def sql_next_status(conn: psycopg.Connection, current: str | None, incoming: str
     """Ask the database's copy of the rule where ``current`` goes on ``incoming``."""
     row = conn.execute(NEXT_STATUS, (current, incoming)).fetchone()
     return row[0] if row else None
+
+
+INSERT_INSTANCE_EVENT = """
+INSERT INTO instance_events
+    (provider, instance_id, state, raw_state, reason, occurred_at, received_at)
+VALUES (%(provider)s, %(instance_id)s, %(state)s, %(raw_state)s, %(reason)s, %(occurred_at)s,
+        %(received_at)s)
+ON CONFLICT (provider, instance_id, occurred_at, raw_state) DO NOTHING
+"""
+
+# The latest report wins, by when it happened (capped at when Ticks received it); since is
+# when the instance entered its state: kept while reports repeat the state.
+UPSERT_INSTANCE = """
+INSERT INTO instances AS i
+    (provider, instance_id, state, raw_state, reason, reported_at, since)
+VALUES (%(provider)s, %(instance_id)s, %(state)s, %(raw_state)s, %(reason)s,
+        LEAST(%(occurred_at)s, %(received_at)s), LEAST(%(occurred_at)s, %(received_at)s))
+ON CONFLICT (provider, instance_id) DO UPDATE SET
+    state = EXCLUDED.state,
+    raw_state = EXCLUDED.raw_state,
+    reason = EXCLUDED.reason,
+    reported_at = EXCLUDED.reported_at,
+    since = CASE WHEN i.state = EXCLUDED.state THEN i.since ELSE EXCLUDED.since END,
+    updated_at = now()
+WHERE EXCLUDED.reported_at >= i.reported_at
+"""
+
+SELECT_INSTANCES = """
+WITH reported AS (
+    SELECT provider, instance_id, state, raw_state, reason, reported_at, since FROM instances
+), traffic AS (
+    SELECT provider, instance_id, max(updated_at) AS last_status_at
+    FROM messages
+    WHERE created_at >= now() - interval '24 hours' AND instance_id IS NOT NULL
+    GROUP BY provider, instance_id
+)
+SELECT provider, instance_id, r.state, r.raw_state, r.reason, r.reported_at, r.since,
+       t.last_status_at
+FROM reported r FULL JOIN traffic t USING (provider, instance_id)
+WHERE (%(provider)s::text IS NULL OR provider = %(provider)s)
+ORDER BY provider, instance_id
+"""
+
+
+def record_connections(conn: psycopg.Connection, events: list[Any]) -> int:
+    """Record instances' connection events (ConnectionEvent) in one transaction; return how
+    many were new (a provider's retry of a report is the same report)."""
+    new = 0
+    with conn.transaction():
+        for event in events:
+            params = dataclasses.asdict(event)
+            if conn.execute(INSERT_INSTANCE_EVENT, params).rowcount:
+                new += 1
+                conn.execute(UPSERT_INSTANCE, params)
+    return new
+
+
+def fetch_instances(conn: psycopg.Connection, provider: str | None = None) -> list[dict[str, Any]]:
+    """Every instance with a reported connection state or traffic in the last 24 hours."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SELECT_INSTANCES, {"provider": provider}).fetchall()
 
 
 def record_quarantine(conn: psycopg.Connection, record: dict[str, Any]) -> bool:

@@ -133,6 +133,16 @@ DELETE FROM dead_letters WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 """,
+    # Instances' connection reports, as long as the history: the latest of each is kept in
+    # instances whatever its age.
+    "instance_events": """
+DELETE FROM instance_events WHERE id IN (
+    SELECT id FROM instance_events
+    WHERE created_at < %(history_cutoff)s
+    ORDER BY id LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+""",
     "deliveries": """
 DELETE FROM deliveries WHERE id IN (
     SELECT id FROM deliveries
@@ -273,6 +283,7 @@ def expire(conn: psycopg.Connection, now: datetime, settings: Retention) -> dict
         "dead_letter_resolved_cutoff": now - timedelta(days=settings.dead_letter_resolved_days),
         "changes_cutoff": now - timedelta(days=settings.changes_days),
         "delivery_cutoff": now - timedelta(days=settings.delivery_days),
+        "history_cutoff": now - timedelta(days=settings.history_days),
     }
     removed = dict.fromkeys(EXPIRED_TABLES, 0)
     for table in removed:
