@@ -40,6 +40,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
+import redis
 from dotenv import dotenv_values, load_dotenv
 
 from embedded import EmbeddedPostgres, EmbeddedRedis
@@ -52,6 +53,7 @@ SECRETS = VAR / "secrets.env"
 RUN_ENV = VAR / "run.env"  # the running service's server URLs, while it runs
 # Held (flock) by the `make run` or `make migrate` using var/; says which, its pid and URL.
 LOCK = VAR / "run.lock"
+LOCK_FDS: list[int] = []  # the lock's descriptor, once held (passed on to honcho)
 # The secrets `make run` makes up when unset: each provider's webhook tokens and handshake
 # tokens. A signing secret (Meta's app secret) is the provider's to give: never made up.
 TOKEN_VARS = tuple(
@@ -97,7 +99,8 @@ def hold_lock(holder: str) -> int | None:
     """Take var/run.lock for this process, saying who holds it; None when another holds it.
 
     A lock, not a pid file: the kernel drops it when the process ends, however it ends, so
-    it never goes stale. The descriptor is not inherited: only this process holds it.
+    it never goes stale. honcho is given the descriptor too (run_procfile), so the lock lasts
+    while the processes it runs do, even if this one is killed outright.
     """
     VAR.mkdir(parents=True, exist_ok=True)
     fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -108,6 +111,7 @@ def hold_lock(holder: str) -> int | None:
         return None
     os.ftruncate(fd, 0)
     os.write(fd, f"{holder}\n".encode())
+    LOCK_FDS.append(fd)
     return fd
 
 
@@ -170,7 +174,21 @@ def start_postgres(stack: ExitStack) -> str:
 
 
 def start_redis(stack: ExitStack) -> str:
-    """Start the embedded Redis (AOF, fsync every second); return its URL."""
+    """Start the embedded Redis (AOF, fsync every second); return its URL.
+
+    Refused while a Valkey still answers on var/redis's socket (left by a `make run` that
+    was killed outright): two servers on one AOF folder would corrupt the queue."""
+    socket_path = VAR / "redis" / "redis.sock"
+    if socket_path.exists():
+        try:
+            redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2).ping()
+        except redis.RedisError:
+            pass  # a socket file left behind: the new server replaces it
+        else:
+            raise SystemExit(
+                f"ticks | not starting: a Valkey of an earlier make run still serves "
+                f"{socket_path}; stop it first (redis-cli -s {socket_path} shutdown)"
+            )
     server = EmbeddedRedis(VAR / "redis").start()
     stack.callback(server.stop)
     return server.url
@@ -187,9 +205,9 @@ def configuration_problem() -> str | None:
     Asked before anything starts: the web checks its settings at start and exits, and the
     keeper would start it again and again behind a banner saying all is well.
     """
-    from app.config import check_config, load_config
-
     try:
+        from app.config import check_config, load_config
+
         check_config(load_config())
     except (RuntimeError, ValueError) as exc:
         return str(exc)
@@ -379,6 +397,19 @@ def run_procfile() -> int:
     """
     for path in VAR.glob("*.gave-up"):
         path.unlink()
+    started: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        # honcho stops its processes on SIGINT/SIGTERM and kills what is left after a grace.
+        # A closed terminal (SIGHUP) stops everything too, rather than leaving it running.
+        nonlocal stopping
+        stopping = True
+        if started and started[0].poll() is None:
+            started[0].send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
     honcho = subprocess.Popen(
         [
             sys.executable,
@@ -394,18 +425,13 @@ def run_procfile() -> int:
             *PROCESSES,
         ],
         start_new_session=True,
+        # honcho holds var/run.lock too: were this process killed outright, no second
+        # make run could start while the first one's processes still run.
+        pass_fds=LOCK_FDS,
     )
-    stopping = False
-
-    def forward(signum: int, _frame: Any) -> None:
-        # honcho stops its processes on SIGINT/SIGTERM and kills what is left after a grace.
-        nonlocal stopping
-        stopping = True
-        if honcho.poll() is None:
-            honcho.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    started.append(honcho)
+    if stopping:  # a signal came while it was starting
+        honcho.send_signal(signal.SIGTERM)
     if web_ready(honcho):
         print_banner()
     elif honcho.poll() is None and not stopping:
@@ -428,6 +454,7 @@ def stop_on_sigterm(signum: int, _frame: Any) -> None:
 def main() -> int:
     """Bring everything up, and down again on Ctrl-C."""
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    signal.signal(signal.SIGHUP, stop_on_sigterm)
     # The Procfile's commands (python, celery) live beside this interpreter, in the venv,
     # which `make run` does not activate.
     bin_dir = str(Path(sys.executable).parent)
@@ -477,6 +504,7 @@ def serve() -> int:
         RUN_ENV.write_text(
             f"DATABASE_URL={os.environ['DATABASE_URL']}\nBROKER_URL={os.environ['BROKER_URL']}\n"
         )
+        RUN_ENV.chmod(0o600)  # the URLs may hold passwords
         stack.callback(RUN_ENV.unlink, missing_ok=True)
         log("starting web, worker, deliveries and flower; the URLs follow once the web is ready")
         code = run_procfile()

@@ -41,7 +41,7 @@ def instance_document(row: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/instances")
 def instances() -> Response:
-    """Every instance with a reported connection state or a status in the last 24 hours."""
+    """Every instance with a reported connection state or a status applied."""
     require_api_token()
     provider = request.args.get("provider")
     if provider is not None and provider not in REGISTRY:

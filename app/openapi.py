@@ -307,7 +307,7 @@ def build_spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": answer(
-                        "instances seen in the last 24 hours or reported", "InstanceList"
+                        "instances with a connection report or a status applied", "InstanceList"
                     ),
                     "400": answer("an unknown provider, named in errors"),
                     "401": ERRORS["401"],

@@ -20,7 +20,7 @@ from schemas.events import ConnectionEvent, dump_connections, dump_events
 from schemas.proofs import Callback
 from schemas.registry import JSON, REGISTRY, ProviderRecord, form_fields, load_body, providers
 from workers.celery_app import QUARANTINE, RECORD_CONNECTIONS
-from workers.core.redact import mask_message_id
+from workers.core.redact import mask_message_id, mask_numbers
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def record_connections(
     log.info(
         "accepted connection provider=%s instance_id=%s state=%s raw_state=%s request_id=%s",
         provider,
-        connections[0].instance_id,
+        mask_numbers(connections[0].instance_id),
         connections[0].state,
         connections[0].raw_state,
         request_id,

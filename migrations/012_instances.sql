@@ -2,8 +2,9 @@
 -- connecting, disconnected, restricted, banned (schemas/events.py CONNECTION_STATES), from
 -- Z-API's connected/disconnected webhooks, Green-API's stateInstanceChanged, WAHA's
 -- session.status and Evolution's connection.update. instance_events keeps every report once
--- (a provider's retry is the same report); instances the latest by when it happened (a report
--- older than the one kept, arriving late, changes nothing).
+-- (a provider's retry is the same report: its own time and words); instances the latest by
+-- when it happened, then by when Ticks received it (a report older than the one kept, arriving
+-- late, changes nothing).
 CREATE TABLE instance_events (
     id           bigserial   PRIMARY KEY,
     provider     text        NOT NULL,
@@ -24,11 +25,23 @@ CREATE TABLE instances (
     state           text        NOT NULL,
     raw_state       text        NOT NULL,
     reason          text,
-    -- When the report happened, no later than Ticks received it (a provider's clock ahead,
-    -- or a nonsense time, cannot pin a state for ever).
+    -- When the report happened, by the provider's clock; a time more than a day past its
+    -- receipt (a nonsense time: Z-API's docs example is in the year 2798) counts as its
+    -- receipt, so it cannot pin a state for ever.
     reported_at     timestamptz NOT NULL,
+    received_at     timestamptz NOT NULL,
     -- When the instance entered this state (a repeat of the same state keeps it).
     since           timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, instance_id)
+);
+
+-- When each instance last had a status applied (Ticks' time, to the minute: a worker
+-- writes it at most once a minute per instance, after its batch commits, so busy instances
+-- never serialise workers on one row).
+CREATE TABLE instance_traffic (
+    provider        text        NOT NULL,
+    instance_id     text        NOT NULL,
+    last_status_at  timestamptz NOT NULL,
     PRIMARY KEY (provider, instance_id)
 );

@@ -166,7 +166,7 @@ class InstanceSchema(Schema):
     last_status_at = fields.DateTime(
         required=True,
         allow_none=True,
-        metadata={"description": "its messages' last status in the last 24 hours"},
+        metadata={"description": "when a status of its messages was last applied (to the minute)"},
     )
 
 

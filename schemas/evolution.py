@@ -115,14 +115,17 @@ class ConnectionStateSchema(Schema):
 
 
 class ConnectionUpdateSchema(Schema):
-    """A connection.update webhook; its date_time is the server's local time marked Z (off
-    by the server's UTC offset), so Ticks' own receipt time stands for when it happened."""
+    """A connection.update webhook. Its date_time is the server's local time marked Z (off by
+    the server's UTC offset, at most 14 hours): kept as when it happened, since it orders that
+    server's reports and makes a retry the same report; a time over a day past its receipt
+    counts as its receipt (workers/core/store.py)."""
 
     class Meta:
         unknown = EXCLUDE
 
     instance = Identifier(required=True)
     data = fields.Nested(ConnectionStateSchema, required=True)
+    date_time = fields.AwareDateTime(load_default=None, allow_none=True, format="iso")
 
 
 CONNECTION_SCHEMA = ConnectionUpdateSchema()
@@ -141,7 +144,7 @@ def connection_event(body: Any, received_at: datetime, request_id: str) -> Conne
         instance_id=data["instance"],
         state=normalised,
         raw_state=f"{state} {code}" if code is not None else state,
-        occurred_at=received_at,
+        occurred_at=data["date_time"] or received_at,
         received_at=received_at,
         reason=reason,
         request_id=request_id,

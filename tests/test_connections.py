@@ -168,8 +168,10 @@ def test_times_are_the_providers_own_in_seconds_or_milliseconds():
     zapi_s = parse("zapi", "connection_disconnected_docs").connections[0].occurred_at
     assert zapi_ms == datetime.fromtimestamp(1732280400, UTC)
     assert zapi_s == datetime.fromtimestamp(1580163342, UTC)
-    # Evolution's date_time is its server's local time marked Z: Ticks' receipt time stands.
-    assert parse("evolution", "connection_open").connections[0].occurred_at == NOW
+    # Evolution's date_time (its server's local time marked Z) orders its own reports.
+    assert parse("evolution", "connection_open").connections[0].occurred_at == datetime(
+        2025, 9, 24, 21, 40, 2, 118000, UTC
+    )
 
 
 @pytest.mark.parametrize(
@@ -246,13 +248,50 @@ def test_the_latest_report_wins_by_when_it_happened(db):
 
 
 def test_a_report_dated_in_the_future_cannot_pin_a_state(db):
-    """A provider's clock far ahead (Z-API's docs example says the year 2798): the report
-    counts as of when Ticks received it, and later reports still move the instance."""
+    """A time over a day past its receipt (Z-API's docs example says the year 2798) counts
+    as of when Ticks received it, and later reports still move the instance."""
     store.record_connections(
         db, [event("connected", datetime(2798, 9, 16, tzinfo=UTC), received=NOW)]
     )
     store.record_connections(db, [event("banned", NOW + timedelta(minutes=1))])
     assert store.fetch_instances(db)[0]["state"] == "banned"
+
+
+def test_a_providers_clock_ahead_still_orders_its_reports(db):
+    """A provider's clock 30 s ahead: its earlier report, delivered late, must not win over
+    its later one (the order is the provider's own times)."""
+    skew = timedelta(seconds=30)
+    later = event(
+        "connected", NOW + timedelta(seconds=10) + skew, received=NOW + timedelta(seconds=10)
+    )
+    earlier = event("disconnected", NOW + skew, received=NOW + timedelta(seconds=40))
+    store.record_connections(db, [later])
+    store.record_connections(db, [earlier])
+    assert store.fetch_instances(db)[0]["state"] == "connected"
+
+
+def test_reports_of_the_same_second_go_by_their_receipt(db):
+    """Green-API's times are whole seconds: a disconnect and a reconnect in one second are
+    ordered by when Ticks received them, whichever worker records them first."""
+    store.record_connections(
+        db, [event("connected", NOW, "WORKING", received=NOW + timedelta(milliseconds=900))]
+    )
+    store.record_connections(
+        db, [event("disconnected", NOW, "STOPPED", received=NOW + timedelta(milliseconds=100))]
+    )
+    assert store.fetch_instances(db)[0]["state"] == "connected"
+
+
+def test_an_evolution_retry_is_the_same_report(db):
+    """Evolution retries a 503 ten times: each retry carries the same date_time, so it is
+    recorded once and cannot overwrite a later state."""
+    body = load_fixture("evolution", "connection_close_logged_out_401")
+    first = parse("evolution", "connection_close_logged_out_401").connections
+    again = REGISTRY["evolution"].parse(
+        body, received_at=NOW + timedelta(minutes=5), request_id="r2"
+    )
+    assert store.record_connections(db, first) == 1
+    assert store.record_connections(db, again.connections) == 0
 
 
 def test_events_land_through_a_real_worker_and_show_in_get_instances(client, db, start_worker):

@@ -86,6 +86,20 @@ def test_a_dead_letter_is_discarded_over_http_once_and_kept(client, db):
     assert client.get(f"/dead-letters/{letter}", headers=AUTH).json["payload"]  # kept whole
 
 
+def test_a_task_dead_lettered_again_is_pending_again(client, db):
+    """A replayed (or discarded) letter whose task fails again is the same row: it must show
+    as pending again, not stay hidden as already handled."""
+    from workers.core import store
+
+    letter = dead_letter(db)
+    store.mark_replayed(db, letter)
+    assert client.get("/dead-letters", headers=AUTH).json["items"] == []
+    again = {"task_id": "dead-1", "task_name": "ticks.apply_events", "payload": [], "error": "x"}
+    assert store.record_dead_letter(db, {**again, "deliveries": 2}) == letter
+    pending = client.get("/dead-letters", headers=AUTH).json["items"]
+    assert [(item["id"], item["replayed_at"]) for item in pending] == [(letter, None)]
+
+
 @pytest.mark.parametrize(
     ("path", "error"),
     [("/dead-letters", "no such dead letter"), ("/quarantine", "no such quarantined body")],

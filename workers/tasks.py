@@ -9,12 +9,14 @@ import time
 from collections import Counter
 from typing import Any
 
+import psycopg
+
 from schemas.events import StatusEvent, load_connections, load_events
 from workers.brokers import recovery
 from workers.celery_app import APPLY_EVENTS, BROKER, ERASE, QUARANTINE, RECORD_CONNECTIONS, app
 from workers.core import store
 from workers.core.db import get_pool
-from workers.core.redact import mask_message_id, mask_phone
+from workers.core.redact import mask_message_id, mask_numbers, mask_phone
 from workers.core.store import Outcome
 from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
 from workers.health import Liveness
@@ -52,6 +54,37 @@ def count_applied(
     measures.apply_seconds.observe(seconds)
 
 
+# When this process last noted each instance's traffic (GET /instances' last_status_at): at
+# most once a minute each, so the write costs nothing measurable per batch.
+TOUCH_EVERY = 60.0
+TOUCHED: dict[tuple[str, str], float] = {}
+
+
+def due_touches(events: list[StatusEvent]) -> list[tuple[str, str]]:
+    """The instances of these events not noted by this process for TOUCH_EVERY seconds."""
+    now = time.monotonic()
+    due = []
+    for key in {(e.provider, e.instance_id) for e in events if e.instance_id}:
+        if now - TOUCHED.get(key, -TOUCH_EVERY) >= TOUCH_EVERY:
+            TOUCHED[key] = now
+            due.append(key)
+    return sorted(due)
+
+
+def touch_instances(due: list[tuple[str, str]]) -> None:
+    """Note the instances' traffic once their batch committed, in a short transaction of its
+    own; bookkeeping a failure does not undo: it is tried again with the next batch."""
+    if not due:
+        return
+    try:
+        with get_pool().connection() as conn:
+            store.touch_instances(conn, due)
+    except psycopg.Error as exc:
+        for key in due:
+            TOUCHED.pop(key, None)
+        log.warning("instances' last status not noted: %s", exc)
+
+
 @app.task(name=APPLY_EVENTS, base=GuardedTask)
 def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     """Apply the events of one or more callbacks in one transaction."""
@@ -60,6 +93,7 @@ def apply_events(payload: list[dict[str, Any]]) -> dict[str, int]:
     started = time.perf_counter()
     with get_pool().connection() as conn:
         outcomes = store.apply_events(conn, events, refused)
+    touch_instances(due_touches(events))
     counts = {outcome.value: count for outcome, count in outcomes.items()}
     count_applied(events, outcomes, refused, time.perf_counter() - started)
     message_ids = sorted({mask_message_id(e.message_id) for e in events})
@@ -101,7 +135,7 @@ def record_connections(payload: list[dict[str, Any]]) -> int:
         log.info(
             "connection provider=%s instance_id=%s state=%s raw_state=%s new=%d",
             event.provider,
-            event.instance_id,
+            mask_numbers(event.instance_id),
             event.state,
             event.raw_state,
             new,

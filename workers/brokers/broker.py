@@ -43,6 +43,7 @@ RABBITMQ_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 # Everything a broker that is down, unreachable, blocked or silent raises at a publisher.
 ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
+    kombu.exceptions.LimitExceeded,  # every pooled publisher connection busy past the timeout
     redis.exceptions.RedisError,
     amqp.exceptions.AMQPError,
     OSError,
@@ -358,15 +359,17 @@ class RabbitBroker:
         connection's first publish, then reads nothing more from it ("blocking", then
         "blocked": RabbitMQ's alarms page). One probe on a new connection would pass.
 
-        The probes go to the default exchange under a name no queue has: RabbitMQ drops them
-        and confirms (unroutable, not mandatory), so nothing is left anywhere."""
+        The probes go to Ticks' own exchange (the one its publishes need writing to, declared
+        as they declare it) under a routing key no queue is bound to: RabbitMQ drops them and
+        confirms (unroutable, not mandatory), so nothing is left anywhere."""
         with celery.producer_pool.acquire(block=True, timeout=timeout) as producer:
             try:
                 for _ in range(2):
                     producer.publish(
                         b"",
-                        exchange="",
+                        exchange=task_exchange(),
                         routing_key=READINESS_PROBE,
+                        declare=[task_exchange()],
                         delivery_mode=1,
                         retry=False,
                         timeout=timeout,

@@ -33,6 +33,16 @@ def mask_message_id(message_id: str) -> str:
     return PHONE_LIKE.sub(lambda m: mask_phone(m.group()), message_id)
 
 
+# A run of digits long enough to be a phone number, anywhere (an instance named after its
+# number: Evolution's and WAHA's often are).
+DIGIT_RUN = re.compile(r"[0-9]{5,}")
+
+
+def mask_numbers(text: str) -> str:
+    """Text as logs may show it: every run of five or more digits masked but its last four."""
+    return DIGIT_RUN.sub(lambda m: mask_phone(m.group()), text)
+
+
 # /webhooks/<provider>/<token>: the token is a secret wherever the path is written.
 WEBHOOK_TOKEN_IN_PATH = re.compile(r"(/webhooks/[^/\s]+/)[^\s\"'?#]+")
 

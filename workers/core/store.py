@@ -26,7 +26,7 @@ import enum
 import itertools
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -183,7 +183,9 @@ ON CONFLICT (request_id) DO NOTHING
 INSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (task_id, task_name, payload, error, deliveries)
 VALUES (%(task_id)s, %(task_name)s, %(payload)s, %(error)s, %(deliveries)s)
-ON CONFLICT (task_id) DO UPDATE SET error = EXCLUDED.error, deliveries = EXCLUDED.deliveries
+-- The same task again (a replay that failed again): pending again, whatever was done before.
+ON CONFLICT (task_id) DO UPDATE SET error = EXCLUDED.error, deliveries = EXCLUDED.deliveries,
+    replayed_at = NULL, discarded_at = NULL
 RETURNING id
 """
 
@@ -532,36 +534,41 @@ VALUES (%(provider)s, %(instance_id)s, %(state)s, %(raw_state)s, %(reason)s, %(o
 ON CONFLICT (provider, instance_id, occurred_at, raw_state) DO NOTHING
 """
 
-# The latest report wins, by when it happened (capped at when Ticks received it); since is
-# when the instance entered its state: kept while reports repeat the state.
+# The latest report wins, by when it happened by the provider's clock (a time more than a day
+# past its receipt counts as its receipt), then by when it was received; since is when the
+# instance entered its state: kept while reports repeat the state.
 UPSERT_INSTANCE = """
 INSERT INTO instances AS i
-    (provider, instance_id, state, raw_state, reason, reported_at, since)
-VALUES (%(provider)s, %(instance_id)s, %(state)s, %(raw_state)s, %(reason)s,
-        LEAST(%(occurred_at)s, %(received_at)s), LEAST(%(occurred_at)s, %(received_at)s))
+    (provider, instance_id, state, raw_state, reason, reported_at, received_at, since)
+SELECT %(provider)s, %(instance_id)s, %(state)s, %(raw_state)s, %(reason)s, at,
+       %(received_at)s, at
+FROM (SELECT CASE WHEN %(occurred_at)s > %(received_at)s + interval '1 day'
+                  THEN %(received_at)s ELSE %(occurred_at)s END AS at) AS t
 ON CONFLICT (provider, instance_id) DO UPDATE SET
     state = EXCLUDED.state,
     raw_state = EXCLUDED.raw_state,
     reason = EXCLUDED.reason,
     reported_at = EXCLUDED.reported_at,
+    received_at = EXCLUDED.received_at,
     since = CASE WHEN i.state = EXCLUDED.state THEN i.since ELSE EXCLUDED.since END,
     updated_at = now()
-WHERE EXCLUDED.reported_at >= i.reported_at
+WHERE (EXCLUDED.reported_at, EXCLUDED.received_at) >= (i.reported_at, i.received_at)
+"""
+
+TOUCH_INSTANCE = """
+INSERT INTO instance_traffic AS t (provider, instance_id, last_status_at)
+VALUES (%(provider)s, %(instance_id)s, now())
+ON CONFLICT (provider, instance_id) DO UPDATE SET last_status_at = EXCLUDED.last_status_at
+WHERE t.last_status_at < EXCLUDED.last_status_at
 """
 
 SELECT_INSTANCES = """
-WITH reported AS (
-    SELECT provider, instance_id, state, raw_state, reason, reported_at, since FROM instances
-), traffic AS (
-    SELECT provider, instance_id, max(updated_at) AS last_status_at
-    FROM messages
-    WHERE created_at >= now() - interval '24 hours' AND instance_id IS NOT NULL
-    GROUP BY provider, instance_id
-)
-SELECT provider, instance_id, r.state, r.raw_state, r.reason, r.reported_at, r.since,
+SELECT provider, instance_id, i.state, i.raw_state, i.reason, i.reported_at, i.since,
        t.last_status_at
-FROM reported r FULL JOIN traffic t USING (provider, instance_id)
-WHERE (%(provider)s::text IS NULL OR provider = %(provider)s)
+FROM (SELECT * FROM instances WHERE %(provider)s::text IS NULL OR provider = %(provider)s) i
+FULL JOIN (SELECT * FROM instance_traffic
+           WHERE %(provider)s::text IS NULL OR provider = %(provider)s) t
+    USING (provider, instance_id)
 ORDER BY provider, instance_id
 """
 
@@ -579,8 +586,16 @@ def record_connections(conn: psycopg.Connection, events: list[Any]) -> int:
     return new
 
 
+def touch_instances(conn: psycopg.Connection, instances: Iterable[tuple[str, str]]) -> None:
+    """Note that these (provider, instance_id) just had statuses applied, in the caller's
+    transaction: a short one of its own (workers/tasks.py), never a batch's, so that a busy
+    instance's row is not held while a batch is applied."""
+    for provider, instance_id in instances:
+        conn.execute(TOUCH_INSTANCE, {"provider": provider, "instance_id": instance_id})
+
+
 def fetch_instances(conn: psycopg.Connection, provider: str | None = None) -> list[dict[str, Any]]:
-    """Every instance with a reported connection state or traffic in the last 24 hours."""
+    """Every instance with a reported connection state or a status applied."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(SELECT_INSTANCES, {"provider": provider}).fetchall()
 
