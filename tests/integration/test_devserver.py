@@ -331,9 +331,14 @@ def test_make_run_on_rabbitmq(tmp_path, rabbitmq_url):
         request = urllib.request.Request(f"{server.base}/", headers=auth)
         with urllib.request.urlopen(request, timeout=5) as response:
             assert "kept by the broker" in response.read().decode()
+        children = server.descendants()
     finally:
-        server.stop()
+        # A closed terminal (SIGHUP) once killed make run alone and left the rest running.
+        server.stop(signal.SIGHUP)
         empty_rabbitmq(rabbitmq_url)
+    assert server.process.returncode == 0, server.output()
+    time.sleep(0.5)
+    assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
 
 
 def test_bad_configuration_stops_make_run_before_anything_starts(tmp_path):
@@ -374,3 +379,22 @@ def test_a_process_that_keeps_failing_at_start_stops_make_run(tmp_path):
     assert not (var / "run.env").exists()
     left = [p for p in children.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == []
+
+
+def test_a_valkey_left_running_is_not_doubled(tmp_path):
+    """A make run killed outright can leave its Valkey serving var/redis: a new make run
+    refuses to start a second server on the same socket and AOF folder, and leaves it be."""
+    from embedded import EmbeddedRedis
+
+    var = tmp_path / "var"
+    left = EmbeddedRedis(var / "redis").start()
+    try:
+        left.client().set("kept", "1")
+        server = Devserver(var, free_port(), free_port())
+        server.process.wait(timeout=120)
+        server.log.close()
+        assert server.process.returncode != 0
+        assert "a Valkey of an earlier make run still serves" in server.output()
+        assert left.client().get("kept") == b"1" and left.process.poll() is None
+    finally:
+        left.stop()
