@@ -168,9 +168,9 @@ def test_every_table_keeps_its_rows_only_as_long_as_its_retention(db, clock):
             (f"WORKING {n}", now - timedelta(days=age), now, now - timedelta(days=age)),
         )
     db.execute(
-        "INSERT INTO instances (provider, instance_id, state, raw_state, reported_at, since)"
-        " VALUES ('waha', 'old-shop', 'banned', 'blocked', %s, %s)",
-        (now - timedelta(days=400), now - timedelta(days=400)),
+        "INSERT INTO instances (provider, instance_id, state, raw_state, reported_at,"
+        " received_at, since) VALUES ('waha', 'old-shop', 'banned', 'blocked', %s, %s, %s)",
+        (now - timedelta(days=400),) * 3,
     )
 
     report = clock(timedelta(0), Retention(batch_size=2))
