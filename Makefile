@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint migrate bench clean
+.PHONY: help run test soak lint migrate bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ ifeq ($(CHROMIUM_FOUND),)
 	$(VENV)/bin/playwright install chromium
 endif
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: $(STAMP_DEV) ## Fault soak on Redis and on RabbitMQ: minutes of load while faults cycle (SOAK_SECONDS, default 240)
+	$(PY) -m pytest -m soak -s tests/faults/test_soak.py $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV) ## Lint and type-check (ruff, mypy)
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,9 @@
-"""Fixtures: real Postgres and real Redis (from TEST_* variables, else embedded servers)."""
+"""Fixtures: real Postgres and real Redis (from TEST_* variables, else embedded servers), and
+RabbitMQ for the tests that run on each broker (tests/brokers.py)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hmac
 import json
 import os
@@ -32,6 +32,7 @@ from embedded import EmbeddedPostgres, EmbeddedRedis
 from schemas.events import StatusEvent
 from schemas.proofs import SignatureAuth, TokenAuth, UrlSignatureAuth, each, url_signature
 from schemas.registry import FORM, REGISTRY
+from tests.brokers import BrokerProbe, probe_for, redis_client
 from workers.celery_app import QUEUE
 from workers.core.db import close_pool
 from workers.core.migrate import migrate
@@ -60,6 +61,22 @@ TABLES = (
 )
 # The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
 TEST_CLIENT_BASE = "http://localhost"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: a fault soak of minutes (make soak); left out unless -m names soak"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the soak tests out (deselected, not skipped) unless `-m` names them."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
 
 
 def provider_secrets(tokens: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -203,25 +220,6 @@ def rabbitmq_url() -> str:
     return url
 
 
-def empty_rabbitmq(url: str) -> None:
-    """Empty Ticks' queues (purged, not deleted: publishers keep their declarations)."""
-    import amqp.exceptions
-
-    from workers.brokers.broker import DEAD_LETTER_QUEUE, DELIVERY_QUEUE, QUEUE
-
-    with kombu.Connection(url) as conn:
-        for name in (QUEUE, DEAD_LETTER_QUEUE, DELIVERY_QUEUE):
-            with contextlib.suppress(amqp.exceptions.NotFound):  # not declared yet
-                conn.channel().queue_purge(name)
-
-
-def redis_client(url: str) -> redis.Redis:
-    """Return a redis-py client for a kombu broker URL (TCP or redis+socket://)."""
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
-    return redis.Redis.from_url(url)
-
-
 @pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """Return an autocommit connection to an emptied test database."""
@@ -239,12 +237,12 @@ def broker(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
+def make_app(database_url: str, broker_url: str, **overrides: Any) -> Flask:
     """Create the web app wired to the test servers."""
     config = {
         "TESTING": True,
         "DATABASE_URL": database_url,
-        "BROKER_URL": redis_url,
+        "BROKER_URL": broker_url,
         "API_TOKEN": API_TOKEN,
         "PROVIDER_SECRETS": provider_secrets(WEBHOOK_TOKENS),
         "PUBLIC_URL": TEST_CLIENT_BASE,
@@ -254,9 +252,26 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
 
 
 @pytest.fixture
-def app(database_url: str, redis_url: str, broker: redis.Redis, db: psycopg.Connection) -> Flask:
+def task_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProbe]:
+    """The broker app, client and start_worker use, emptied before and after the test: Redis,
+    or each broker in turn for a test marked ON_EACH_BROKER (tests/brokers.py), RabbitMQ being
+    the machine's (rabbitmq_url). A fault test that stops its broker gets its own_broker."""
+    if "own_broker" in request.fixturenames:
+        yield request.getfixturevalue("own_broker")
+        return
+    kind = getattr(request, "param", "redis")
+    url = request.getfixturevalue("rabbitmq_url" if kind == "rabbitmq" else "redis_url")
+    probe = probe_for(kind, url)
+    probe.purge()
+    yield probe
+    probe.purge()
+    probe.close()
+
+
+@pytest.fixture
+def app(database_url: str, task_broker: BrokerProbe, db: psycopg.Connection) -> Flask:
     """Return the web app on the test database and broker, both emptied."""
-    return make_app(database_url, redis_url)
+    return make_app(database_url, task_broker.url)
 
 
 @pytest.fixture
@@ -347,7 +362,7 @@ class Worker:
 
 @pytest.fixture
 def start_worker(
-    database_url: str, redis_url: str, tmp_path: Path
+    database_url: str, task_broker: BrokerProbe, tmp_path: Path
 ) -> Iterator[Callable[..., Worker]]:
     """Return a function that starts real worker processes; all are stopped after the test."""
     workers: list[Worker] = []
@@ -358,7 +373,7 @@ def start_worker(
         full_env = {
             **os.environ,
             "DATABASE_URL": database_url,
-            "BROKER_URL": redis_url,
+            "BROKER_URL": task_broker.url,
             "PYTHONPATH": str(ROOT),
             "WORKER_METRICS_PORT": "0",  # tests that read worker metrics choose a free port
             **(env or {}),

@@ -1,5 +1,10 @@
 """Flower is never exposed beyond loopback without a login; and it tells a task that failed
-(dead-lettered, a delivery refused) from one that succeeded, as the worker's log does."""
+(dead-lettered, a delivery refused) from one that succeeded, as the worker's log does, on
+Redis and on RabbitMQ.
+
+On RabbitMQ, Flower's Broker tab (and /api/queues/length) reads RabbitMQ's management API
+(`--broker_api`, FLOWER_BROKER_API; the management plugin on port 15672): without it that tab
+is empty, while workers and tasks show as on Redis (they come from the workers' events)."""
 
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from tests.brokers import ON_EACH_BROKER, BrokerProbe
 from tests.conftest import API_TOKEN, ROOT, event_now, free_port, wait_for
 from tests.receiver import Receiver
-from workers.brokers import ledger
-from workers.brokers.broker import RedisBroker
+from workers.brokers.broker import for_url
 from workers.celery_app import APPLY_EVENTS, DELIVER, DELIVERY_QUEUE, QUEUE
 from workers.core import store
 from workers.flower import flower_argv
@@ -54,13 +59,13 @@ def http_get(url: str) -> bytes | None:
 
 
 @pytest.fixture
-def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
+def flower(task_broker: BrokerProbe, tmp_path: Path) -> Iterator[str]:
     """Flower, started as `make run` starts it (python -m workers.flower), on the test broker;
     its API open, as `make run` leaves it without a login. Returns its base URL."""
     port = free_port()
     env = {
         **os.environ,
-        "BROKER_URL": redis_url,
+        "BROKER_URL": task_broker.url,
         "FLOWER_ADDRESS": "127.0.0.1",
         "FLOWER_PORT": str(port),
         "FLOWER_UNAUTHENTICATED_API": "true",
@@ -111,6 +116,19 @@ def flower_counts(flower: str) -> dict[str, int]:
     return dict(counts)
 
 
+def flower_workers(flower: str) -> dict[str, Any]:
+    """Flower's API of the workers, asked afresh (it inspects them through the broker)."""
+    body = http_get(f"{flower}/api/workers?refresh=1")
+    return json.loads(body) if body else {}
+
+
+def flower_queues(flower: str) -> dict[str, int]:
+    """Flower's Broker tab: each queue's length, as Flower reads it from the broker."""
+    body = http_get(f"{flower}/api/queues/length")
+    queues = json.loads(body)["active_queues"] if body else []
+    return {queue["name"]: queue["messages"] for queue in queues}
+
+
 def flower_tasks(flower: str, name: str, state: str) -> list[dict[str, Any]]:
     body = http_get(f"{flower}/api/tasks?taskname={name}&state={state}")
     return list(json.loads(body).values()) if body else []
@@ -142,8 +160,10 @@ POISON = status_event("F-2", "exploded", "2026-11-22T10:00:00+00:00")
 
 
 def publish(celery: Any, task_id: str, events: list[dict[str, Any]]) -> None:
-    """As the web publishes: on the queue with its in-flight ledger entry, in one MULTI."""
-    RedisBroker().publish(celery, APPLY_EVENTS, events, task_id=task_id, summary=f"[{task_id}]")
+    """As the web publishes: on Redis with its in-flight ledger entry, in one MULTI; on
+    RabbitMQ confirmed by the broker."""
+    broker = for_url(celery.conf.broker_url)
+    broker.publish(celery, APPLY_EVENTS, events, task_id=task_id, summary=f"[{task_id}]")
 
 
 def follow(flower: str, celery: Any) -> None:
@@ -160,12 +180,18 @@ def follow(flower: str, celery: Any) -> None:
 
 
 @pytest.mark.integration
+@ON_EACH_BROKER
 def test_flower_shows_a_dead_lettered_task_failed_and_a_duplicate_succeeded(
-    app, db, broker, flower, start_worker
+    app, db, task_broker, flower, start_worker
 ):
     celery = app.extensions["ticks.celery"]
     worker = start_worker()
     follow(flower, celery)  # F-1 read
+    # The worker shows in Flower, answering its inspection through the broker.
+    workers = wait_for(lambda: flower_workers(flower), timeout=30)
+    assert [name for name in workers if name.startswith("w1@")], workers
+    if task_broker.name == "redis":  # RabbitMQ's queue lengths need its management API
+        assert flower_queues(flower).get(QUEUE) == 0
     publish(celery, "duplicate-1", [READ])  # seen before: nothing to do, and that is normal
     publish(celery, "backward-1", [SENT])  # sent after read: refused, normal too
     publish(celery, "poison-1", [POISON])  # retried, then dead-lettered: a failure
@@ -189,14 +215,16 @@ def test_flower_shows_a_dead_lettered_task_failed_and_a_duplicate_succeeded(
     assert not any(line.startswith("Task ticks.apply_events[poison-1] succeeded") for line in lines)
     assert any(line.startswith("Task ticks.apply_events[duplicate-1] succeeded") for line in lines)
 
-    # Settled exactly as before: stored once, acknowledged, its ledger entry gone, so neither
-    # Redis (visibility timeout) nor the ledger's sweeper ever sends it again.
+    # Settled exactly as before: stored once, acknowledged (on Redis its ledger entry gone),
+    # so neither the broker (Redis' visibility timeout, a RabbitMQ requeue) nor the ledger's
+    # sweeper ever sends it again.
     assert db.execute(
         "SELECT count(*), min(deliveries) FROM dead_letters WHERE task_id = 'poison-1'"
     ).fetchone() == (1, 1)
-    wait_for(lambda: not broker.hlen("unacked") and not broker.zcard(ledger.INFLIGHT), 10)
-    assert broker.llen(QUEUE) == 0
-    assert not broker.keys("ticks:deliveries:*")  # no redelivery was ever counted
+    task_broker.assert_all_acknowledged(worker)
+    if task_broker.name == "redis":
+        assert not task_broker.client.keys("ticks:deliveries:*")  # no redelivery counted
+    assert flower_counts(flower).get("task-failed") == 1  # still the one failure
 
 
 @pytest.mark.integration

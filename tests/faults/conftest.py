@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from embedded import EmbeddedPostgres, EmbeddedRedis
+from embedded import RABBITMQ_SERVER, EmbeddedPostgres, EmbeddedRedis, LocalRabbitMQ
+from tests.brokers import BrokerProbe, probe_for
+from tests.conftest import skip_or_fail
 from tests.faults.servers import migrated_postgres
 
 
@@ -34,3 +38,26 @@ def redis_url(own_redis: EmbeddedRedis) -> str:
 @pytest.fixture
 def database_url(own_postgres: tuple[EmbeddedPostgres, str]) -> str:
     return own_postgres[1]
+
+
+@pytest.fixture
+def own_rabbit(tmp_path: Path) -> Iterator[LocalRabbitMQ]:
+    """A RabbitMQ node of the test's own (its own port, node name and data folder), never
+    the machine's: the test may stop, kill or freeze it."""
+    if not os.path.exists(RABBITMQ_SERVER):
+        skip_or_fail("rabbitmq-server is not installed: a private RabbitMQ node cannot start")
+    server = LocalRabbitMQ(tmp_path / "rabbitmq").start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def own_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProbe]:
+    """The test's own broker, which it may stop, kill, freeze and restart: Redis (own_redis),
+    or each broker in turn for a test marked ON_EACH_OWN_BROKER (tests/brokers.py). app,
+    client and start_worker use it (task_broker defers to it)."""
+    kind = getattr(request, "param", "redis")
+    server = request.getfixturevalue("own_rabbit" if kind == "rabbitmq" else "own_redis")
+    probe = probe_for(kind, server.url, server)
+    yield probe
+    probe.close()

@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from schemas.registry import REGISTRY
-from tests.conftest import FIXTURES, ROOT, empty_rabbitmq, free_port, wait_for
+from tests.brokers import empty_rabbitmq
+from tests.conftest import FIXTURES, ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 CLEARED = (

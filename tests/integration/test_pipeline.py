@@ -1,4 +1,7 @@
-"""End to end: HTTP -> Redis -> real Celery worker processes -> Postgres -> read API."""
+"""End to end: HTTP -> the broker -> real Celery worker processes -> Postgres -> read API.
+
+Every test through a worker runs on Redis and on RabbitMQ (ON_EACH_BROKER, tests/brokers.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pytest
 
 from schemas.registry import PROVIDERS
 from schemas.statuses import next_status
+from tests.brokers import ON_EACH_BROKER
 from tests.conftest import (
     API_TOKEN,
     WEBHOOK_TOKENS,
@@ -47,6 +51,7 @@ def test_seed_list_is_complete():
     assert seeds == set(SEED_STATUS)
 
 
+@ON_EACH_BROKER
 @pytest.mark.parametrize(("provider", "name"), list(SEED_STATUS))
 def test_every_seed_example_lands_end_to_end(client, start_worker, provider, name):
     start_worker()
@@ -58,7 +63,8 @@ def test_every_seed_example_lands_end_to_end(client, start_worker, provider, nam
     assert len(message["events"]) == 1
 
 
-def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
+@ON_EACH_BROKER
+def test_zapi_lifecycle_out_of_order_with_duplicates(client, task_broker, start_worker):
     worker = start_worker()
     bodies = [
         load_fixture("zapi", n)
@@ -86,9 +92,8 @@ def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
     assert message["status"] == "played"
     assert message["read_by_me_at"] is not None
     assert all(message[f"{s}_at"] for s in ("sent", "received", "read", "played"))
-    # Every message finished: nothing left in the in-flight ledger.
-    broker = client.application.extensions["ticks.celery"].connection_for_write()
-    wait_for(lambda: broker.default_channel.client.zcard("ticks:inflight") == 0)
+    # Every message finished: nothing waiting, held, or left in Redis' in-flight ledger.
+    task_broker.assert_all_acknowledged(worker)
     logged = worker.output()
     assert "5544999999999" not in logged  # the phone number never
     # One JSON line per applied batch, carrying the request ids the endpoint answered with.
@@ -103,6 +108,7 @@ def test_zapi_lifecycle_out_of_order_with_duplicates(client, start_worker):
     assert {mid for r in applied for mid in r["message_ids"]} == {"999999999999999999999"}
 
 
+@ON_EACH_BROKER
 def test_quarantined_body_lands_in_postgres(client, db, start_worker):
     start_worker()
     body = load_fixture("greenapi", "sent") | {"status": "vanished"}
@@ -115,7 +121,8 @@ def test_quarantined_body_lands_in_postgres(client, db, start_worker):
     assert '"vanished"' in row[3]
 
 
-def test_two_worker_processes_racing_on_one_message(client, db, start_worker):
+@ON_EACH_BROKER
+def test_two_worker_processes_racing_on_one_message(client, db, task_broker, start_worker):
     rng = random.Random(7)
     statuses = ["SENT", "RECEIVED", "READ", "PLAYED", "READ_BY_ME"]
     ids = ["RACE-1", "RACE-2"]
@@ -138,15 +145,7 @@ def test_two_worker_processes_racing_on_one_message(client, db, start_worker):
     wait_for(
         lambda: db.execute("SELECT count(*) FROM status_events").fetchone()[0] == 10, timeout=60
     )
-    wait_for(
-        lambda: (
-            client.application.extensions["ticks.celery"]
-            .connection_for_write()
-            .default_channel.client.llen("ticks")
-            == 0
-        ),
-        timeout=60,
-    )
+    wait_for(lambda: task_broker.waiting() == 0, timeout=60)
     for message_id in ids:
         message = read_message(client, "zapi", message_id)
         assert message["status"] == "played"
@@ -156,6 +155,7 @@ def test_two_worker_processes_racing_on_one_message(client, db, start_worker):
     assert "ticks.apply_events" in first.output() and "ticks.apply_events" in second.output(), both
 
 
+@ON_EACH_BROKER
 def test_failed_then_sent_through_workers_stays_failed(client, start_worker):
     start_worker()
     failed = load_fixture("greenapi", "no_account")
@@ -173,6 +173,7 @@ def test_failed_then_sent_through_workers_stays_failed(client, start_worker):
     assert message["failure_reason"] == "noAccount"
 
 
+@ON_EACH_BROKER
 def test_worker_metrics_add_up_every_pool_process(client, start_worker):
     import urllib.request
 

@@ -1,4 +1,7 @@
-"""The new provider shapes end to end: HTTP -> broker -> a real worker -> Postgres -> read API."""
+"""The new provider shapes end to end: HTTP -> broker -> a real worker -> Postgres -> read API.
+
+Every test runs on Redis and on RabbitMQ (ON_EACH_BROKER, tests/brokers.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 
 import pytest
 
+from tests.brokers import ON_EACH_BROKER
 from tests.conftest import API_TOKEN, load_fixture, signed_post, wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,6 +24,7 @@ def read_message(client, provider, message_id, until=lambda m: True):
     return None
 
 
+@ON_EACH_BROKER
 def test_zapi_delivery_callback_with_error_makes_the_message_failed(client, start_worker):
     start_worker()
     body = load_fixture("zapi", "delivery_failed_shadow_ban")
@@ -38,6 +43,7 @@ def test_zapi_delivery_callback_with_error_makes_the_message_failed(client, star
     assert message["status"] == "failed"
 
 
+@ON_EACH_BROKER
 def test_plug_delivery_callback_without_error_is_sent_then_read_moves_on(client, start_worker):
     start_worker()
     body = load_fixture("zapi", "delivery_sent")
@@ -51,6 +57,7 @@ def test_plug_delivery_callback_without_error_is_sent_then_read_moves_on(client,
     assert message["sent_at"] is not None
 
 
+@ON_EACH_BROKER
 def test_forty_participants_read_receipts_give_forty_receipts_and_one_status(client, start_worker):
     start_worker()
     people = [f"5544988{n:06d}" for n in range(40)]
@@ -74,6 +81,7 @@ def test_forty_participants_read_receipts_give_forty_receipts_and_one_status(cli
     assert message["receipts"]["counts"]["read"] == 40
 
 
+@ON_EACH_BROKER
 def test_signed_meta_post_with_two_entries_lands_every_status(client, start_worker):
     start_worker()
     body = load_fixture("meta", "batch_two_entries")
@@ -90,6 +98,7 @@ def test_signed_meta_post_with_two_entries_lands_every_status(client, start_work
         assert message["chat_kind"] == "user" and message["phone"].startswith("1650555123")
 
 
+@ON_EACH_BROKER
 def test_meta_with_a_wrong_signature_lands_nothing(client, start_worker, db):
     start_worker()
     body = load_fixture("meta", "sent")
@@ -104,6 +113,7 @@ def test_meta_with_a_wrong_signature_lands_nothing(client, start_worker, db):
     assert count == 1  # the read; the unsigned sent never arrived
 
 
+@ON_EACH_BROKER
 def test_signed_waha_ack_lands(client, start_worker):
     start_worker()
     raw = json.dumps(load_fixture("waha", "ack_device")).encode()
@@ -124,6 +134,7 @@ def test_signed_waha_ack_lands(client, start_worker):
     assert message["received_at"] is not None
 
 
+@ON_EACH_BROKER
 def test_evolution_string_and_numeric_statuses_both_land(client, start_worker):
     start_worker()
     as_word = load_fixture("evolution", "v2_server_ack")
@@ -139,6 +150,7 @@ def test_evolution_string_and_numeric_statuses_both_land(client, start_worker):
     assert sorted(e["raw_status"] for e in message["events"]) == ["READ", "SERVER_ACK"]
 
 
+@ON_EACH_BROKER
 def test_signed_twilio_form_lands_and_a_pending_one_moves_nothing(client, start_worker):
     start_worker()
     for name in ("queued", "delivered", "sent"):
@@ -156,6 +168,7 @@ def test_signed_twilio_form_lands_and_a_pending_one_moves_nothing(client, start_
     assert {e["status"]: e["applied"] for e in message["events"]}["pending"] is False
 
 
+@ON_EACH_BROKER
 @pytest.mark.parametrize(
     ("provider", "fixture"),
     [
@@ -166,8 +179,8 @@ def test_signed_twilio_form_lands_and_a_pending_one_moves_nothing(client, start_
         ("meta", "other_type_account_update"),
     ],
 )
-def test_other_event_types_are_answered_200_and_ignored(client, broker, provider, fixture):
+def test_other_event_types_are_answered_200_and_ignored(client, task_broker, provider, fixture):
     response = signed_post(client, provider, load_fixture(provider, fixture))
     assert response.status_code == 200
     assert response.json["accepted"] == 0 and response.json["ignored"]
-    assert broker.llen("ticks") == 0
+    assert task_broker.waiting() == 0
