@@ -46,6 +46,8 @@ def load_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # How long a group of callbacks is held open for more while they arrive densely
         # (app/queue.py). 0 publishes each request's callbacks at once.
         "GROUP_LINGER_SECONDS": seconds(env, "GROUP_LINGER_MS", "50", 1000, "milliseconds") / 1000,
+        # A message still at sent this long after it was sent is stuck (GET /insights).
+        "STUCK_AFTER_SECONDS": seconds(env, "STUCK_AFTER", "600", 7 * 86400),
         # Subscriptions may name receivers on private and loopback addresses
         # (workers/outbound/post.py).
         "SUBSCRIPTIONS_ALLOW_PRIVATE": allow_private(env),

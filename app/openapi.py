@@ -206,6 +206,7 @@ def build_spec() -> dict[str, Any]:
         "ChangePage",
         "Instance",
         "InstanceList",
+        "InsightList",
         "MessageSummary",
         "MessagePage",
         "Health",
@@ -310,6 +311,22 @@ def build_spec() -> dict[str, Any]:
                         "instances with a connection report or a status applied", "InstanceList"
                     ),
                     "400": answer("an unknown provider, named in errors"),
+                    "401": ERRORS["401"],
+                    "503": answer("the database is unavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/insights",
+        operations={
+            "get": {
+                "summary": "Each sending number's delivery funnel over the messages sent",
+                "security": BEARER,
+                "parameters": [{"in": "query", "schema": api.InsightsQuerySchema}],
+                "responses": {
+                    "200": answer("one entry per instance (and bucket, when asked)", "InsightList"),
+                    "400": answer("a bad parameter, named in errors"),
                     "401": ERRORS["401"],
                     "503": answer("the database is unavailable"),
                 },

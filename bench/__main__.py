@@ -648,6 +648,21 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ),
         (
+            f"Scale: apply rate keeping the insight counts at {big} rows, events/s",
+            f"{scale['insights']['apply_per_second']['with']}",
+            f"without them {scale['insights']['apply_per_second']['without']}",
+            f"{scale['insights']['ratio']}x",
+            ">= 0.95x",
+        ),
+        (
+            "Scale: GET /insights, a day of 1 M messages (all instances; one by hour), ms",
+            f"{scale['insights']['query']['day_all_ms']}; "
+            f"{scale['insights']['query']['day_one_by_hour_ms']}",
+            "",
+            "",
+            "<= 200 ms",
+        ),
+        (
             f"Scale: apply rate while housekeeping runs at {big} rows, events/s",
             f"{scale['housekeeping']['during_per_second']}",
             f"just before {scale['housekeeping']['before_per_second']}",

@@ -148,6 +148,84 @@ def read_latencies(url: str, redis_url: str, known: int, requests: int = 2000) -
     }
 
 
+# A day of insight counts as 1 million messages over INSIGHT_INSTANCES instances leave them:
+# every minute of each, sent, delivered, read and at_sent, 8 bins of time to deliver and 10 to
+# read, two failure reasons (the counts' size depends on instances and minutes, not messages).
+INSIGHT_INSTANCES = 10
+FILL_INSIGHTS = """
+INSERT INTO insight_counts (provider, instance_id, minute, metric, count)
+SELECT 'zapi', 'inst-' || i, date_trunc('minute', now()) - m * interval '1 minute', metric,
+       greatest(1, (1000000 / 1440 / %(instances)s) / (1 + k))
+FROM generate_series(1, %(instances)s) AS i,
+     generate_series(0, 1439) AS m,
+     unnest(ARRAY['sent', 'delivered', 'read', 'at_sent', 'failed',
+                  'failure:recipient:131026', 'failure:policy:131049']
+            || ARRAY(SELECT 'deliver:' || b FROM generate_series(2, 9) AS b)
+            || ARRAY(SELECT 'read:' || b FROM generate_series(10, 19) AS b))
+         WITH ORDINALITY AS x(metric, k)
+ON CONFLICT DO NOTHING
+"""
+
+
+def insights_off() -> Any:
+    """A context in which the store keeps no insight counts (the cost's reference)."""
+    import contextlib
+
+    from workers.core import insights
+
+    @contextlib.contextmanager
+    def off() -> Any:
+        saved = insights.counted_before, insights.add_changes
+        insights.counted_before = lambda cur, keys: []  # type: ignore[assignment]
+        insights.add_changes = lambda cur, keys, before: None  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            insights.counted_before, insights.add_changes = saved
+
+    return off()
+
+
+def insights_cost(url: str, known: int) -> dict[str, Any]:
+    """The apply rate with the insight counts kept against without, rounds alternating."""
+    rates: dict[str, list[float]] = {"with": [], "without": []}
+    for round_ in range(5):
+        work = batches(f"I{round_}", 200, known, seed=20 + round_)
+        rates["with"].append(apply_rate(url, work))
+        with insights_off():
+            work = batches(f"J{round_}", 200, known, seed=20 + round_)
+            rates["without"].append(apply_rate(url, work))
+    rate = {name: round(statistics.median(values)) for name, values in rates.items()}
+    return {"apply_per_second": rate, "ratio": round(rate["with"] / rate["without"], 3)}
+
+
+def insights_latency(url: str, redis_url: str) -> dict[str, float]:
+    """GET /insights over a day of counts as 1 million messages leave them (ms, median of 5):
+    every instance, and one instance by hour."""
+    from app import create_app
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(FILL_INSIGHTS, {"instances": INSIGHT_INSTANCES})
+        conn.execute("VACUUM ANALYZE insight_counts")
+    app = create_app({"DATABASE_URL": url, "BROKER_URL": redis_url, "API_TOKEN": "bench-api"})
+    client = app.test_client()
+    auth = {"Authorization": "Bearer bench-api"}
+    result = {}
+    for name, query in (
+        ("day_all_ms", ""),
+        ("day_one_by_hour_ms", "?instance_id=inst-1&bucket=hour"),
+    ):
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            answer = client.get(f"/insights{query}", headers=auth)
+            samples.append((time.perf_counter() - started) * 1000)
+            if answer.status_code != 200 or not answer.get_json()["insights"]:
+                raise SystemExit(f"bench: GET /insights failed: {answer.status_code}")
+        result[name] = round(statistics.median(samples), 1)
+    return result
+
+
 HOUSEKEEPER = """
 import sys
 from workers.lifecycle.housekeeping import Retention, run
@@ -179,6 +257,9 @@ def bench_scale(
     log(f"scale: apply {rate['large']}/s at {large_events} rows, {rate['small']}/s at the small")
     reads = {name: read_latencies(urls[name], broker.url, known[name]) for name in urls}
     log(f"scale: reads {reads}")
+    insight = insights_cost(urls["large"], known["large"])
+    insight["query"] = insights_latency(urls["large"], broker.url)
+    log(f"scale: insights {insight}")
 
     # Housekeeping's cost to the workers: the rate while it runs, against the rate before.
     before = apply_rate(urls["large"], batches("HK0", 200, known["large"], seed=10))
@@ -215,6 +296,7 @@ def bench_scale(
         "status_page_ratio": round(
             reads["large"]["status_page_ms"] / reads["small"]["status_page_ms"], 2
         ),
+        "insights": insight,
         "housekeeping": {
             "before_per_second": round(before),
             "during_per_second": round(during),

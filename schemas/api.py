@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from schemas.events import CONNECTION_STATES
+from schemas.failures import CLASSES
 from schemas.registry import PROVIDERS
 from schemas.statuses import STATUSES
 
@@ -172,6 +173,75 @@ class InstanceSchema(Schema):
 
 class InstanceListSchema(Schema):
     instances = fields.List(fields.Nested(InstanceSchema), required=True)
+
+
+class InsightsQuerySchema(Schema):
+    """GET /insights' query: the window (by when messages were sent), filters, a bucket."""
+
+    class Meta:
+        unknown = RAISE
+
+    since = fields.AwareDateTime(
+        format="iso", metadata={"description": "sent at or after (default: until less a day)"}
+    )
+    until = fields.AwareDateTime(
+        format="iso", metadata={"description": "sent before (default: the end of this minute)"}
+    )
+    provider = fields.String(validate=validate.OneOf(PROVIDERS))
+    instance_id = fields.String(validate=validate.Length(1, 256))
+    bucket = fields.String(validate=validate.OneOf(["hour", "day"]))
+
+
+class QuantilesSchema(Schema):
+    p50 = fields.Float(required=True, allow_none=True)
+    p90 = fields.Float(required=True, allow_none=True)
+    p99 = fields.Float(required=True, allow_none=True)
+
+
+class RatiosSchema(Schema):
+    delivered = fields.Float(required=True, allow_none=True)
+    read = fields.Float(required=True, allow_none=True)
+    failed = fields.Float(required=True, allow_none=True)
+    stuck = fields.Float(required=True, allow_none=True)
+
+
+class FailureCountSchema(Schema):
+    class_ = fields.String(
+        data_key="class",
+        required=True,
+        validate=validate.OneOf(CLASSES),
+    )
+    reason = fields.String(required=True, metadata={"description": "the provider's code"})
+    count = fields.Integer(required=True)
+
+
+class InsightSchema(Schema):
+    """One instance's funnel over the messages sent in [since, until) (docs/operations.md
+    defines each figure)."""
+
+    provider = fields.String(required=True)
+    instance_id = fields.String(required=True, allow_none=True)
+    since = fields.DateTime(required=True)
+    until = fields.DateTime(required=True)
+    sent = fields.Integer(required=True)
+    delivered = fields.Integer(required=True, metadata={"description": "received, read or played"})
+    read = fields.Integer(required=True, metadata={"description": "read or played"})
+    played = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    stuck = fields.Integer(
+        required=True, metadata={"description": "still at sent, sent more than STUCK_AFTER ago"}
+    )
+    ratios = fields.Nested(RatiosSchema, required=True)
+    time_to_deliver = fields.Nested(QuantilesSchema, required=True, metadata={"description": "s"})
+    time_to_read = fields.Nested(QuantilesSchema, required=True, metadata={"description": "s"})
+    failures = fields.List(fields.Nested(FailureCountSchema), required=True)
+    provisional = fields.Boolean(
+        required=True, metadata={"description": "until is less than 24 hours ago"}
+    )
+
+
+class InsightListSchema(Schema):
+    insights = fields.List(fields.Nested(InsightSchema), required=True)
 
 
 class MessageListQuerySchema(Schema):

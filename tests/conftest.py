@@ -57,7 +57,8 @@ VERIFY_TOKENS = {"meta": OTHER_SECRETS["META_VERIFY_TOKENS"]}
 API_TOKEN = "api-secret-for-tests"
 TABLES = (
     "changes, receipts, status_events, messages, quarantine, dead_letters, subscriptions, "
-    "deliveries, erasures, feed_horizon, instance_events, instances, instance_traffic"
+    "deliveries, erasures, feed_horizon, instance_events, instances, instance_traffic, "
+    "insight_counts"
 )
 # The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
 TEST_CLIENT_BASE = "http://localhost"

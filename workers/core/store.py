@@ -35,8 +35,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from schemas.events import StatusEvent
+from schemas.failures import classify
 from schemas.fields import chat_identity
 from schemas.statuses import PENDING, PROGRESS, STATUSES, furthest, rank
+from workers.core import insights
 
 LOCK_MESSAGE = """
 INSERT INTO messages AS m (provider, message_id, phone, chat_id, chat_kind, is_group,
@@ -97,6 +99,8 @@ WITH old AS (
                          THEN %(occurred_at)s ELSE m.failed_at END,
         failure_reason = CASE WHEN %(status)s = 'failed' AND ev.applied
                               THEN %(failure_reason)s ELSE m.failure_reason END,
+        failure_key = CASE WHEN %(status)s = 'failed' AND ev.applied
+                           THEN %(failure_key)s ELSE m.failure_key END,
         updated_at = now()
     FROM ev
     WHERE m.provider = %(provider)s AND m.message_id = %(message_id)s
@@ -336,8 +340,9 @@ def apply_events(
     """Apply events in the caller's transaction; return how many had each outcome.
 
     Every message is locked first, in sorted order (so concurrent batches never deadlock),
-    then the events are applied in that order. Both go to the server as pipelines
-    (executemany), a few round trips for the whole batch rather than one or two per event.
+    then the events are applied in that order, and the insight counts follow
+    (workers/core/insights.py). They go to the server as pipelines, a few round trips for the
+    whole batch rather than one or two per event.
     ``refused``, when given, counts the (message status, event status) pairs the rules refused.
     """
     outcomes: Counter[Outcome] = Counter()
@@ -355,8 +360,15 @@ def apply_events(
             list(group)
             for _, group in itertools.groupby(ordered, key=lambda e: (e.provider, e.message_id))
         ]
-        cur.executemany(LOCK_MESSAGE, [merged_identity(group) for group in groups])
-        cur.executemany(APPLY_EVENT, [event_params(e) for e in ordered], returning=True)
+        keys = [(group[0].provider, group[0].message_id) for group in groups]
+        # One round trip for the locks and what the locked rows count for in the insights,
+        # one for the events and the insights' update (conn.pipeline: they are queued and
+        # sent together, each statement still run in order).
+        with conn.pipeline(), conn.cursor() as locks, conn.cursor() as counts:
+            locks.executemany(LOCK_MESSAGE, [merged_identity(group) for group in groups])
+            before = insights.counted_before(counts, keys)
+            cur.executemany(APPLY_EVENT, [event_params(e) for e in ordered], returning=True)
+            insights.add_changes(counts, keys, before)
         for event in ordered:
             applied, current, new_receipt = cur.fetchone() or (None, None, False)
             if applied is None:
@@ -417,9 +429,15 @@ def event_params(event: StatusEvent) -> dict[str, Any]:
         "occurred_at": event.occurred_at,
         "received_at": event.received_at,
         "failure_reason": event.failure_reason,
+        "failure_key": failure_key(event) if event.status == "failed" else None,
         "request_id": event.request_id,
         "participant": event.participant,
     }
+
+
+def failure_key(event: StatusEvent) -> str:
+    """``class:reason`` of a failure, as GET /insights groups them (schemas/failures.py)."""
+    return ":".join(classify(event.provider, event.failure_reason))
 
 
 MESSAGE_COLUMNS = (

@@ -143,6 +143,15 @@ DELETE FROM instance_events WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 """,
+    # The funnel's counts (GET /insights), as long as the history.
+    "insight_counts": """
+DELETE FROM insight_counts WHERE ctid IN (
+    SELECT ctid FROM insight_counts
+    WHERE minute < %(history_cutoff)s
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+""",
     "deliveries": """
 DELETE FROM deliveries WHERE id IN (
     SELECT id FROM deliveries
