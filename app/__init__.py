@@ -54,6 +54,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(operations.quarantine_cli)
     app.cli.add_command(operations.deadletters_cli)
     app.cli.add_command(operations.export)
+    app.cli.add_command(instances.insights_command)
     app.cli.add_command(subscriptions.subscriptions_cli)
     app.cli.add_command(erasures.erase_cli)
     return app

@@ -26,3 +26,10 @@ def reading() -> Iterator[psycopg.Connection]:
             yield conn
     except (psycopg.OperationalError, PoolTimeout):
         raise ApiError(503, "database unavailable", {"Retry-After": "5"}) from None
+
+
+@contextmanager
+def database() -> Iterator[psycopg.Connection]:
+    """A connection of its own, for a command (not the web's pool)."""
+    with psycopg.connect(current_app.config["DATABASE_URL"]) as conn:
+        yield conn

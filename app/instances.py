@@ -6,11 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import click
+import psycopg
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
 from app.auth import require_api_token
-from app.database import reading
+from app.database import database, reading
 from app.errors import ApiError
 from app.messages import to_json
 from schemas.api import InsightsQuerySchema
@@ -20,9 +23,11 @@ from workers.core import insights, store
 bp = Blueprint("instances", __name__)
 
 
-def instance_document(row: dict[str, Any]) -> dict[str, Any]:
-    """One instance: ``reported`` is null when its provider never reported its connection
-    (Ticks has seen only its statuses), and ``since`` is when it entered that state."""
+def instance_document(row: dict[str, Any], funnel: dict[str, Any] | None) -> dict[str, Any]:
+    """One instance: its health (workers/core/numbers.py; ``since`` when it entered it, null
+    before a worker first judged it), ``reported`` (null when its provider never reported its
+    connection: Ticks has seen only its statuses; ``since`` there is when it entered that
+    state), and ``last_hour``: its funnel over the messages sent in the last hour."""
     reported = None
     if row["state"] is not None:
         reported = {
@@ -36,8 +41,13 @@ def instance_document(row: dict[str, Any]) -> dict[str, Any]:
         {
             "provider": row["provider"],
             "instance_id": row["instance_id"],
+            "health": row["health"],
+            "since": row["health_since"],
+            "health_reason": row["health_reason"],
+            "health_figures": row["health_figures"],
             "reported": reported,
             "last_status_at": row["last_status_at"],
+            "last_hour": funnel,
         }
     )
 
@@ -50,8 +60,79 @@ def instances() -> Response:
     if provider is not None and provider not in REGISTRY:
         raise ApiError(400, "invalid query", errors={"provider": [f"one of {', '.join(REGISTRY)}"]})
     with reading() as conn:
-        rows = store.fetch_instances(conn, provider)
-    return jsonify(instances=[instance_document(row) for row in rows])
+        found = overview(conn, provider)
+    return jsonify(instances=[instance_document(row, funnel) for row, funnel in found])
+
+
+def overview(
+    conn: psycopg.Connection, provider: str | None = None
+) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each instance with its funnel over the last hour's messages (GET /instances, the
+    status page, `flask --app app insights`)."""
+    now = datetime.now(UTC)
+    until = minute(now + timedelta(minutes=1))
+    rows = store.fetch_instances(conn, provider)
+    hour = insights.fetch(
+        conn,
+        since=until - timedelta(hours=1),
+        until=until,
+        now=now,
+        stuck_after=timedelta(seconds=current_app.config["STUCK_AFTER_SECONDS"]),
+        provider=provider,
+    )
+    funnels = {(e["provider"], e["instance_id"]): e for e in hour}
+    return [(row, funnels.get((row["provider"], row["instance_id"]))) for row in rows]
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+@click.command("insights")
+@with_appcontext
+@click.option("--provider", type=click.Choice(list(REGISTRY)), help="Only this provider's.")
+def insights_command(provider: str | None) -> None:
+    """Each sending number's health and its funnel over the last hour's messages."""
+    with database() as conn:
+        found = overview(conn, provider)
+    header = (
+        "provider",
+        "instance",
+        "health",
+        "since",
+        "sent",
+        "delivered",
+        "read",
+        "failed",
+        "stuck",
+        "deliver p50 s",
+        "reason",
+    )
+    lines = [header]
+    for row, funnel in found:
+        f = funnel or {}
+        ratios = f.get("ratios", {})
+        p50 = (f.get("time_to_deliver") or {}).get("p50")
+        since = row["health_since"]
+        lines.append(
+            (
+                row["provider"],
+                row["instance_id"],
+                row["health"] or "-",
+                since.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if since else "-",
+                str(f.get("sent", 0)),
+                percent(ratios.get("delivered")),
+                percent(ratios.get("read")),
+                percent(ratios.get("failed")),
+                str(f.get("stuck", 0)),
+                "-" if p50 is None else f"{p50:g}",
+                row["health_reason"] or "",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    for line in lines:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        click.echo("  ".join([*cells, line[-1]]).rstrip())
 
 
 # The longest window a request may cover, by bucket (entries per instance stay a few hundred).

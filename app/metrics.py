@@ -34,6 +34,7 @@ from psycopg_pool import PoolTimeout
 from app.auth import require_api_token
 from app.config import CELERY_EXTENSION
 from schemas.registry import PROVIDERS
+from schemas.statuses import HEALTHS
 from workers.brokers import broker
 from workers.core.db import get_pool
 from workers.lifecycle import housekeeping
@@ -274,6 +275,54 @@ class RetentionCollector(DatabaseCollector):
         yield ahead
 
 
+INSTANCES_BY_HEALTH = "SELECT provider, health, count(*) FROM instance_health GROUP BY 1, 2"
+STUCK_BY_PROVIDER = """
+SELECT provider, coalesce(sum(count), 0)::bigint FROM insight_counts
+WHERE metric = 'at_sent' AND minute >= %(since)s AND minute < %(before)s
+GROUP BY provider
+"""
+
+
+class InstanceCollector(DatabaseCollector):
+    """Number health at scrape time, with bounded labels only: instances per provider and
+    health (every provider x health series present, 0 or not), and messages stuck at sent
+    (sent over the last day, more than STUCK_AFTER ago) per provider. Each instance's figures
+    stay in GET /instances and GET /insights (label cardinality)."""
+
+    def __init__(self, database_url: str, stuck_after: float) -> None:
+        super().__init__(database_url)
+        self.stuck_after = stuck_after
+
+    def read(self, conn: psycopg.Connection) -> Any:
+        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        window = {
+            "since": now - timedelta(days=1),
+            "before": now - timedelta(seconds=self.stuck_after),
+        }
+        health = {(p, h): n for p, h, n in conn.execute(INSTANCES_BY_HEALTH)}
+        stuck: dict[str, int] = {p: n for p, n in conn.execute(STUCK_BY_PROVIDER, window)}
+        return health, stuck
+
+    def families(self, data: Any) -> Iterator[GaugeMetricFamily]:
+        health, stuck = data
+        instances = GaugeMetricFamily(
+            "ticks_instances",
+            "Sending numbers (instances) per provider and health (docs/operations.md)",
+            labels=["provider", "health"],
+        )
+        messages = GaugeMetricFamily(
+            "ticks_stuck_messages",
+            "Messages sent over the last day, more than STUCK_AFTER ago, still at sent",
+            labels=["provider"],
+        )
+        for provider in PROVIDERS:
+            for state in HEALTHS:
+                instances.add_metric([provider, state], health.get((provider, state), 0))
+            messages.add_metric([provider], stuck.get(provider, 0))
+        yield instances
+        yield messages
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Expose every metric in Prometheus' text format."""
@@ -286,6 +335,11 @@ def metrics() -> Response:
     queue.register(QueueCollector(current_app.extensions[CELERY_EXTENSION]))
     queue.register(SubscriptionCollector(current_app.config["DATABASE_URL"]))
     queue.register(RetentionCollector(current_app.config["DATABASE_URL"]))
+    queue.register(
+        InstanceCollector(
+            current_app.config["DATABASE_URL"], current_app.config["STUCK_AFTER_SECONDS"]
+        )
+    )
     return Response(
         generate_latest(registry) + generate_latest(queue), mimetype=CONTENT_TYPE_LATEST
     )

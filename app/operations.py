@@ -8,18 +8,15 @@ from __future__ import annotations
 import csv
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
-import psycopg
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 
 from app.auth import require_api_token
-from app.database import pool
+from app.database import database, pool
 from app.errors import ApiError
 from app.messages import load_list_query
 from app.queue import EXTENSION, QueueUnavailable, send
@@ -155,12 +152,6 @@ def discard_dead_letter(letter_id: int) -> Response:
 
 quarantine_cli = AppGroup("quarantine", help="Bodies that failed validation.")
 deadletters_cli = AppGroup("deadletters", help="Task messages the workers gave up on.")
-
-
-@contextmanager
-def database() -> Iterator[psycopg.Connection]:
-    with psycopg.connect(current_app.config["DATABASE_URL"]) as conn:
-        yield conn
 
 
 def publish(task_name: str, payload: Any, summary: str) -> None:

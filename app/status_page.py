@@ -19,14 +19,15 @@ from typing import Any
 import psycopg
 from flask import Blueprint, Response, current_app, make_response, render_template
 
+from app import instances
 from app.auth import require_person
 from app.database import pool
 from app.queue import queue_snapshot
 from schemas.registry import PROVIDERS, REGISTRY
 from schemas.statuses import STATUSES
 from workers.brokers.broker import QueueSnapshot
-from workers.core import store
-from workers.core.redact import mask_message_id, mask_phone
+from workers.core import insights, store
+from workers.core.redact import mask_message_id, mask_numbers, mask_phone
 from workers.outbound import subscriptions
 from workers.outbound.post import shown_url
 
@@ -170,6 +171,52 @@ def duration(seconds: float) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
+# Each instance's small chart: its delivered and read ratios per hour over the last day.
+SPARK_WIDTH, SPARK_HEIGHT, SPARK_HOURS = 120, 24, 24
+
+
+def instances_by_hour(conn: psycopg.Connection, now: datetime) -> list[dict[str, Any]]:
+    until = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    return insights.fetch(
+        conn,
+        since=until - timedelta(hours=SPARK_HOURS),
+        until=until,
+        now=now,
+        stuck_after=timedelta(seconds=current_app.config["STUCK_AFTER_SECONDS"]),
+        bucket="hour",
+    )
+
+
+def sparklines(hours: list[dict[str, Any]], now: datetime) -> dict[tuple[str, str], dict[str, str]]:
+    """Per instance, SVG polyline points of its delivered and read ratios per hour (the hours
+    with messages sent), oldest left."""
+    start = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        hours=SPARK_HOURS - 1
+    )
+    step = SPARK_WIDTH / (SPARK_HOURS - 1)
+    lines: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for entry in sorted(hours, key=lambda e: e["since"]):
+        if not entry["sent"]:
+            continue
+        key = (entry["provider"], entry["instance_id"] or "")
+        x = round((entry["since"] - start).total_seconds() / 3600 * step, 1)
+        for name in ("delivered", "read"):
+            y = round(SPARK_HEIGHT - 2 - (SPARK_HEIGHT - 4) * (entry["ratios"][name] or 0), 1)
+            lines.setdefault(key, {"delivered": [], "read": []})[name].append(f"{x},{y}")
+    shown = {}
+    for key, named in lines.items():
+        shown[key] = {name: " ".join(widen(points)) for name, points in named.items()}
+    return shown
+
+
+def widen(points: list[str]) -> list[str]:
+    """A line of one point is drawn as a short dash, so it shows."""
+    if len(points) != 1:
+        return points
+    x, y = (float(v) for v in points[0].split(","))
+    return [f"{max(0.0, x - 4):g},{y:g}", points[0]]
+
+
 def read_database() -> tuple[dict[str, Any] | None, str | None]:
     """Return (overview, None), or (None, why) when PostgreSQL does not answer.
 
@@ -190,6 +237,8 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
                 timeout_ms=QUERY_TIMEOUT_MS,
                 more={"subscriptions": subscriptions.OVERVIEW},
             )
+            overview["instances"] = instances.overview(conn)
+            overview["instance_hours"] = instances_by_hour(conn, overview["now"])
     except psycopg.errors.QueryCanceled:
         log.warning("status page: the counts took over %d ms", QUERY_TIMEOUT_MS)
         return None, f"too slow to answer (over {QUERY_TIMEOUT_MS / 1000:g} s)"
@@ -241,6 +290,8 @@ def page_context() -> dict[str, Any]:
                 }
                 for row in overview["subscriptions"]
             ],
+            numbers=number_rows(overview, now),
+            spark_size=(SPARK_WIDTH, SPARK_HEIGHT),
             failed=[
                 {
                     **row,
@@ -251,6 +302,34 @@ def page_context() -> dict[str, Any]:
             ],
         )
     return context
+
+
+def number_rows(overview: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The sending numbers' table: health, the last hour's funnel, the day's small chart."""
+    lines = sparklines(overview["instance_hours"], now)
+    rows = []
+    for row, funnel in overview["instances"]:
+        f = funnel or {}
+        ratios = f.get("ratios") or {}
+        p50 = (f.get("time_to_deliver") or {}).get("p50")
+        rows.append(
+            {
+                "provider": row["provider"],
+                "instance_id": mask_numbers(row["instance_id"]),
+                "health": row["health"] or "-",
+                "since": row["health_since"],
+                "reason": row["health_reason"],
+                "reported": row["state"],
+                "sent": f.get("sent", 0),
+                "delivered": instances.percent(ratios.get("delivered")),
+                "read": instances.percent(ratios.get("read")),
+                "failed": instances.percent(ratios.get("failed")),
+                "stuck": f.get("stuck", 0),
+                "p50": "-" if p50 is None else f"{p50:g} s",
+                "lines": lines.get((row["provider"], row["instance_id"])),
+            }
+        )
+    return rows
 
 
 @bp.app_template_filter("utc")

@@ -12,7 +12,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from app.operations import database
+from app.database import database
 from schemas.registry import PROVIDERS
 from schemas.statuses import EVENT_STATUSES, PENDING
 from workers.outbound import subscriptions

@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 from schemas.events import CONNECTION_STATES
 from schemas.failures import CLASSES
 from schemas.registry import PROVIDERS
-from schemas.statuses import STATUSES
+from schemas.statuses import HEALTHS, STATUSES
 
 
 class AcceptedSchema(Schema):
@@ -109,8 +109,17 @@ class ChangeSchema(Schema):
     """One change: what took effect, when it happened."""
 
     cursor = fields.String(required=True, metadata={"description": "read on after this"})
+    type = fields.String(
+        required=True,
+        validate=validate.OneOf(["message.status", "message.receipt", "instance.health"]),
+        metadata={
+            "description": "a message's status, a group member's receipt, or an instance's health"
+        },
+    )
     provider = fields.String(required=True)
-    message_id = fields.String(required=True)
+    message_id = fields.String(
+        required=True, allow_none=True, metadata={"description": "null for instance.health"}
+    )
     status = fields.String(
         required=True,
         metadata={"description": "the status reached (read_by_me: the account read it)"},
@@ -129,6 +138,23 @@ class ChangeSchema(Schema):
     failure_reason = fields.String(required=True, allow_none=True)
     chat_id = fields.String(required=True, allow_none=True)
     instance_id = fields.String(required=True, allow_none=True)
+    health = fields.String(
+        validate=validate.OneOf(HEALTHS),
+        metadata={"description": "instance.health only: the instance's health now"},
+    )
+    previous_health = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(HEALTHS),
+        metadata={"description": "instance.health only: before (null: first judged)"},
+    )
+    reason = fields.String(allow_none=True, metadata={"description": "instance.health only: why"})
+    figures = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "instance.health only: numerator, denominator, window_minutes, "
+            "samples (message ids) and what else it was judged on"
+        },
+    )
 
 
 class ChangePageSchema(Schema):
@@ -158,6 +184,23 @@ class InstanceSchema(Schema):
 
     provider = fields.String(required=True)
     instance_id = fields.String(required=True)
+    health = fields.String(
+        required=True,
+        allow_none=True,
+        validate=validate.OneOf(HEALTHS),
+        metadata={"description": "null until a worker first judged it (docs/operations.md)"},
+    )
+    since = fields.DateTime(
+        required=True, allow_none=True, metadata={"description": "when it entered its health"}
+    )
+    health_reason = fields.String(required=True, allow_none=True)
+    health_figures = fields.Dict(required=True, allow_none=True)
+    last_hour = fields.Nested(
+        "InsightSchema",
+        required=True,
+        allow_none=True,
+        metadata={"description": "its funnel over the last hour's messages; null: none sent"},
+    )
     reported = fields.Nested(
         ReportedSchema,
         required=True,

@@ -67,3 +67,7 @@ def furthest(statuses: Collection[str]) -> str | None:
 def is_applied(current: str | None, incoming: str) -> bool:
     """Return whether an event takes effect (moves the status, or records read_by_me)."""
     return incoming == READ_BY_ME or next_status(current, incoming) != current
+
+
+# A sending number's (instance's) health, from good to bad (workers/core/numbers.py).
+HEALTHS = ("ok", "degraded", "silent", "disconnected", "restricted", "banned")

@@ -58,7 +58,7 @@ API_TOKEN = "api-secret-for-tests"
 TABLES = (
     "changes, receipts, status_events, messages, quarantine, dead_letters, subscriptions, "
     "deliveries, erasures, feed_horizon, instance_events, instances, instance_traffic, "
-    "insight_counts"
+    "insight_counts, instance_health"
 )
 # The URL the Flask test client calls, as a provider that signs URLs (Twilio) sees it.
 TEST_CLIENT_BASE = "http://localhost"

@@ -63,6 +63,7 @@ def test_what_took_effect_is_in_the_feed_with_its_message(client, db):
     first = page["changes"][0]
     assert set(first) == {
         "cursor",
+        "type",
         "provider",
         "message_id",
         "status",

@@ -22,12 +22,14 @@ from workers.guarded import DeadLetterConsumer, GuardedTask, LedgerSweeper
 from workers.health import Liveness
 from workers.lifecycle import erasure
 from workers.lifecycle.housekeeping import Housekeeping
+from workers.lifecycle.watch import Watch
 from workers.metrics import metrics
 
 log = logging.getLogger(__name__)
 
 app.steps["consumer"].add(Liveness)
 app.steps["worker"].add(Housekeeping)
+app.steps["worker"].add(Watch)
 if BROKER.name == "redis":
     app.steps["worker"].add(LedgerSweeper)
     app.steps["consumer"].add(recovery.Recover)

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from werkzeug.serving import make_server
 
 from tests.conftest import API_TOKEN, ROOT, WEBHOOK_TOKENS, load_fixture, wait_for
-from workers.core import store
+from workers.core import numbers, store
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +91,15 @@ def post(base: str, provider: str, body: dict[str, Any]) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def zapi(status: str, message_id: str) -> dict[str, Any]:
-    return load_fixture("zapi", "seed_sent") | {"status": status, "ids": [message_id]}
+def zapi(
+    status: str, message_id: str, ago: float = 0, instance: str = "instance.id"
+) -> dict[str, Any]:
+    return load_fixture("zapi", "seed_sent") | {
+        "status": status,
+        "ids": [message_id],
+        "momment": int((time.time() - ago) * 1000),
+        "instanceId": instance,
+    }
 
 
 def greenapi_failed(message_id: str, description: str, ago: int = 0) -> dict[str, Any]:
@@ -129,6 +137,13 @@ def traffic(server: str, db: Any, start_worker: Any) -> str:
         "UPDATE status_events SET created_at = now() - interval '3 hours'"
         " WHERE message_id = 'g-old'"
     )
+    # A number whose messages stop at one tick: 20 sent 15 minutes ago, 5 delivered.
+    for n in range(20):
+        post(server, "zapi", zapi("SENT", f"s{n}", ago=900, instance="loja-9"))
+    for n in range(5):
+        post(server, "zapi", zapi("RECEIVED", f"s{n}", ago=890, instance="loja-9"))
+    wait_for(lambda: db.execute("SELECT count(*) FROM status_events").fetchone()[0] == 36)
+    numbers.evaluate(db, datetime.now(UTC), timedelta(minutes=10))  # as the worker's watch does
     store.record_dead_letter(
         db,
         {
@@ -179,13 +194,13 @@ def test_a_person_sees_what_ticks_did(browser, traffic):
     assert page.inner_text("#service-broker") == "Broker: answering"
 
     # Counts by provider and status (sent, received, read, played, failed).
-    assert cells(page, "counts-hour", "zapi") == ["5", "3", "1", "0", "0"]
+    assert cells(page, "counts-hour", "zapi") == ["25", "8", "1", "0", "0"]
     assert cells(page, "counts-hour", "greenapi") == ["0", "0", "0", "0", "1"]
     assert cells(page, "counts-day", "greenapi") == ["0", "0", "0", "0", "2"]
     assert cells(page, "counts-hour", "plug") == ["0", "0", "0", "0", "0"]
 
     # The cards: throughput, failures, quarantine and dead letters, the queue drained.
-    assert card(page, "throughput") == ["10", "events, 0.2/min"]
+    assert card(page, "throughput") == ["35", "events, 0.6/min"]
     assert card(page, "failed") == ["1"]
     assert card(page, "quarantine") == ["1", "1 in 24 h"]
     assert card(page, "dead-letters") == ["1", "1 in 24 h"]
@@ -209,14 +224,38 @@ def test_a_person_sees_what_ticks_did(browser, traffic):
     assert bars.count() == 60
     titles = [bars.nth(i).locator("title").text_content() or "" for i in range(60)]
     counted = [re.search(r": (\d+) events, (\d+) failed", t).groups() for t in titles]
-    assert sum(int(events) for events, _ in counted) == 10
+    assert sum(int(events) for events, _ in counted) == 35
     assert sum(int(failed) for _, failed in counted) == 1
-    assert sum(int(events) for events, _ in counted[-3:]) == 10  # recorded just now
+    assert sum(int(events) for events, _ in counted[-3:]) == 35  # recorded just now
     busiest = max(range(60), key=lambda i: int(counted[i][0]))
     assert float(bars.nth(busiest).locator("rect.events").get_attribute("height") or 0) > 0
     assert page.locator("#throughput-chart rect.failed").count() == 1
     box = page.locator("#throughput-chart").bounding_box()
     assert box is not None and box["width"] > 600 and box["height"] > 100
+
+    # Sending numbers: each one's health, the last hour's funnel and the day's small chart.
+    numbers = {
+        row.locator("td").nth(1).inner_text(): row.locator("td").all_inner_texts()
+        for row in page.locator("#numbers tbody tr").all()
+    }
+    assert numbers["instance.id"][2:10] == [
+        "ok",
+        numbers["instance.id"][3],
+        "5",
+        "60%",
+        "20%",
+        "0%",
+        "0",
+        numbers["instance.id"][9],
+    ]
+    shop = numbers["loja-9"]
+    assert shop[2] == "degraded" and shop[4:9] == ["20", "25%", "0%", "0%", "15"]
+    assert "15 of 20 messages sent in the window still at sent" in shop[11]
+    assert "bad" in (
+        page.locator("#numbers tbody tr", has_text="loja-9").get_attribute("class") or ""
+    )
+    spark = page.locator("#numbers tbody tr", has_text="instance.id").locator("svg.spark polyline")
+    assert spark.count() == 2 and all(spark.nth(i).get_attribute("points") for i in range(2))
 
     # The stylesheet loaded under the page's Content-Security-Policy; nothing was refused.
     assert page.evaluate("getComputedStyle(document.querySelector('.cards')).display") == "grid"

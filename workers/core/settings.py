@@ -56,3 +56,8 @@ if RETRY_BACKOFF_MAX * 2 > VISIBILITY_TIMEOUT:
         f"TICKS_VISIBILITY_TIMEOUT ({VISIBILITY_TIMEOUT}), or Redis redelivers messages "
         "that a worker still holds through a database outage."
     )
+
+# A message still at sent this long after it was sent is stuck (GET /insights, number health).
+STUCK_AFTER = seconds(os.environ, "STUCK_AFTER", "600", 7 * 86400)
+# How often a status worker judges every instance's health (workers/lifecycle/watch.py).
+HEALTH_INTERVAL = seconds(os.environ, "HEALTH_INTERVAL", "30", 3600)

@@ -145,8 +145,8 @@ NEXT_STATUS = "SELECT ticks_next_status(%s, %s)"
 # The feed, in commit order: only rows of transactions older than every one still running
 # (their txid below the snapshot's xmin), so none can still appear behind a cursor.
 SELECT_CHANGES = """
-SELECT id, txid::text AS txid, provider, message_id, status, previous_status, participant,
-       occurred_at, failure_reason, chat_id, instance_id, created_at
+SELECT id, txid::text AS txid, kind, provider, message_id, status, previous_status, participant,
+       occurred_at, failure_reason, chat_id, instance_id, figures, created_at
 FROM changes
 WHERE (txid, id) > (%(txid)s::xid8, %(id)s)
   AND txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -168,12 +168,31 @@ CHANGE_FIELDS = (
 )
 
 
+def change_type(row: dict[str, Any]) -> str:
+    """message.status, message.receipt (a group member's) or instance.health."""
+    if row.get("kind") == "instance":
+        return "instance.health"
+    return "message.receipt" if row["participant"] else "message.status"
+
+
 def change_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A change row as JSON: its cursor, then its fields (times in ISO 8601, UTC)."""
-    document: dict[str, Any] = {"cursor": f"{row['txid']}-{row['id']}"}
+    """A change row as JSON: its cursor and type, then its fields (times in ISO 8601, UTC).
+    An instance's health change names the instance, its new and previous health, why, when,
+    and the figures behind it (workers/core/numbers.py)."""
+    document: dict[str, Any] = {"cursor": f"{row['txid']}-{row['id']}", "type": change_type(row)}
+    instance = row.get("kind") == "instance"
     for name in CHANGE_FIELDS:
         value = row[name]
+        if instance and name in ("message_id", "failure_reason"):
+            value = None
         document[name] = value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+    if instance:  # status and previous_status are its health too
+        document.update(
+            health=row["status"],
+            previous_health=row["previous_status"],
+            reason=row["failure_reason"],
+            figures=row["figures"],
+        )
     return document
 
 
@@ -582,10 +601,14 @@ WHERE t.last_status_at < EXCLUDED.last_status_at
 
 SELECT_INSTANCES = """
 SELECT provider, instance_id, i.state, i.raw_state, i.reason, i.reported_at, i.since,
-       t.last_status_at
+       t.last_status_at, h.health, h.since AS health_since, h.reason AS health_reason,
+       h.figures AS health_figures, h.checked_at AS health_checked_at
 FROM (SELECT * FROM instances WHERE %(provider)s::text IS NULL OR provider = %(provider)s) i
 FULL JOIN (SELECT * FROM instance_traffic
            WHERE %(provider)s::text IS NULL OR provider = %(provider)s) t
+    USING (provider, instance_id)
+FULL JOIN (SELECT * FROM instance_health
+           WHERE %(provider)s::text IS NULL OR provider = %(provider)s) h
     USING (provider, instance_id)
 ORDER BY provider, instance_id
 """

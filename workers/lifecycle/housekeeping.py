@@ -23,17 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 import psycopg
-from celery import bootsteps
 
 from workers.core.settings import whole
+from workers.lifecycle.recurring import Recurring
 
 log = logging.getLogger(__name__)
 
@@ -361,17 +360,12 @@ def run(
     return Report(created, dropped, removed)
 
 
-class Housekeeping(bootsteps.StartStopStep):
+class Housekeeping(Recurring):
     """In a worker that consumes the status queue: housekeeping in a thread of its own."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+    thread_name = "ticks-housekeeping"
 
-    def include_if(self, worker: Any) -> bool:
-        from workers.core.settings import QUEUE
-
-        return QUEUE in worker.app.amqp.queues.consume_from
-
-    def start(self, worker: Any) -> None:
+    def prepare(self) -> None:
         from workers.core.db import database_url
         from workers.metrics import metrics
 
@@ -379,18 +373,9 @@ class Housekeeping(bootsteps.StartStopStep):
             metrics().retention_removed.labels(table)
         self.settings = Retention.from_env()
         self.conninfo = database_url()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.loop, name="ticks-housekeeping", daemon=True)
-        self.thread.start()
 
-    def stop(self, worker: Any) -> None:
-        if hasattr(self, "stopping"):
-            self.stopping.set()
-
-    def loop(self) -> None:
-        while not self.stopping.is_set():
-            self.round()
-            self.stopping.wait(self.settings.interval)
+    def interval(self) -> float:
+        return self.settings.interval
 
     def round(self) -> None:
         try:

@@ -113,9 +113,8 @@ MOVE_CURSOR = "UPDATE subscriptions SET cursor_txid = %s::xid8, cursor_id = %s W
 
 def envelope(row: dict[str, Any]) -> dict[str, Any]:
     """One change as POSTed (Standard Webhooks' type, timestamp and data)."""
-    kind = "message.receipt" if row["participant"] else "message.status"
     return {
-        "type": kind,
+        "type": store.change_type(row),
         "timestamp": row["created_at"].isoformat(),
         "data": store.change_document(row),
     }
@@ -142,9 +141,10 @@ def pump(conn: psycopg.Connection, subscription_id: str) -> int:
         for row in rows:
             if sub["providers"] and row["provider"] not in sub["providers"]:
                 continue
-            if sub["statuses"] and row["status"] not in sub["statuses"]:
+            instance = row["kind"] == "instance"  # every subscription of its provider
+            if sub["statuses"] and not instance and row["status"] not in sub["statuses"]:
                 continue
-            lanes[lane_of(row["provider"], row["message_id"])].append(row)
+            lanes[lane_of(row["provider"], row["message_id"] or row["instance_id"])].append(row)
         size = sub["batch_size"]
         made = [
             (lane, changes[start : start + size])
