@@ -1,6 +1,6 @@
 """What a failed message's reason means: a short reason (the provider's code) and a class
-(recipient, policy, integration, throttling, transient, unknown), one vocabulary for every
-provider. Read from the failure_reason each provider's parser writes (schemas/<provider>.py):
+(recipient, policy_or_quality, integration, throttling, transient, unknown), one vocabulary for
+every provider. Read from the failure_reason each provider's parser writes (schemas/<provider>.py):
 Meta ``<code> <title>: <details>``, Green-API ``<status>[: <description>]``, Twilio
 ``<status>: <ErrorCode> <ErrorMessage>``, Z-API ``<errorCode>: <error>``, WAHA and Evolution
 their raw ``ERROR``."""
@@ -9,61 +9,57 @@ from __future__ import annotations
 
 import re
 
-RECIPIENT = "recipient"  # the number cannot receive it: no WhatsApp, unreachable, ecosystem
-POLICY = "policy"  # the sending number's quality, a restriction, a ban, a template refused
-INTEGRATION = "integration"  # the sender's request or set-up is wrong (parameters, auth)
-THROTTLING = "throttling"  # rate or pair-rate limits
+RECIPIENT = "recipient"  # this destination cannot or may not receive it
+POLICY = "policy_or_quality"  # the sender's number or account restricted or judged low quality
+INTEGRATION = "integration"  # the request or the account's set-up is wrong: fix on our side
+THROTTLING = "throttling"  # too fast: rate or pair-rate limits
 TRANSIENT = "transient"  # the provider's or WhatsApp's own temporary failure
 UNKNOWN = "unknown"
 CLASSES = (RECIPIENT, POLICY, INTEGRATION, THROTTLING, TRANSIENT, UNKNOWN)
 
-# Meta's Cloud API error codes (developers.facebook.com/docs/whatsapp/cloud-api/support/
-# error-codes).
+# The tables are docs/research-connection-events.md's ("Failure codes and their classes"),
+# each read in the provider's own docs.
+
+
+def codes(kind: str, *names: str) -> dict[str, str]:
+    return dict.fromkeys(names, kind)
+
+
+# Meta's Cloud API errors[].code (developers.facebook.com, error codes, 2026-09).
 META = {
-    "131026": RECIPIENT,  # message undeliverable (no WhatsApp, old app, not accepted terms)
-    "131049": POLICY,  # not delivered to keep the ecosystem healthy (marketing limits)
-    "131047": POLICY,  # re-engagement: more than 24 h since the customer's last message
-    "131048": POLICY,  # spam rate limit: the number's quality restricted it
-    "130472": POLICY,  # the user's number is part of an experiment
-    "131031": POLICY,  # account locked or restricted
-    "368": POLICY,  # temporarily blocked for policy violations
-    "131056": THROTTLING,  # pair rate limit: too many messages to one user
-    "130429": THROTTLING,  # throughput rate limit
-    "131000": TRANSIENT,  # something went wrong
-    "131016": TRANSIENT,  # service unavailable
-    "133004": TRANSIENT,  # server temporarily unavailable
-    "131051": INTEGRATION,  # unsupported message type
-    "131052": INTEGRATION,  # media download error
-    "131053": INTEGRATION,  # media upload error
-    "132000": INTEGRATION,  # template parameter count mismatch
-    "132001": INTEGRATION,  # template does not exist
-    "132012": INTEGRATION,  # template parameter format mismatch
-    "132015": POLICY,  # template paused for low quality
-    "132016": POLICY,  # template disabled for low quality
-    "190": INTEGRATION,  # access token expired
-    "131005": INTEGRATION,  # permission denied
-    "131008": INTEGRATION,  # required parameter missing
-    "131009": INTEGRATION,  # parameter value invalid
+    **codes(RECIPIENT, "131026", "131049", "130472", "131050"),
+    **codes(POLICY, "131048", "131031", "368", "130497", "131064", "132015", "132016"),
+    **codes(THROTTLING, "131056", "130429", "4", "80007"),
+    **codes(TRANSIENT, "131016", "1", "2", "133004", "131057"),
+    **codes(
+        INTEGRATION,
+        *("131047", "131042", "131021", "130403", "131045", "133010"),
+        *("0", "3", "10", "190", "200", "100", "131008", "131009", "131051", "131053"),
+        *("132000", "132001", "132012", "131063"),
+    ),
+    "131000": UNKNOWN,  # "something went wrong": try again once
 }
-# Green-API's failure statuses (green-api.com docs, outgoingMessageStatus).
-GREEN_API = {"noAccount": RECIPIENT, "notInGroup": RECIPIENT, "yellowCard": POLICY}
-# Twilio's WhatsApp error codes (twilio.com/docs/api/errors).
+# Green-API's outgoingMessageStatus failures.
+GREEN_API = {
+    **codes(RECIPIENT, "noAccount", "notInGroup", "noActiveSession"),
+    "yellowCard": POLICY,  # sending suspended for spam-like activity
+}
+# Twilio's WhatsApp ErrorCode (twilio.com/docs/api/errors).
 TWILIO = {
-    "63003": RECIPIENT,  # channel could not find the destination
-    "63024": RECIPIENT,  # invalid message recipient
-    "63016": POLICY,  # outside the 24 h window without a template
-    "63018": THROTTLING,  # rate limit exceeded
-    "63049": POLICY,  # Meta chose not to deliver (marketing limits)
-    "63051": POLICY,  # the WhatsApp business account is locked
-    "63032": RECIPIENT,  # user's number is part of an experiment
-    "63005": INTEGRATION,  # channel did not accept the content
-    "63013": POLICY,  # channel policy violation
-    "63001": INTEGRATION,  # channel could not authenticate the request
-    "63007": INTEGRATION,  # sender not found on the channel
-    "63009": TRANSIENT,  # channel provider returned an internal error
-    "30008": UNKNOWN,  # unknown error
+    **codes(RECIPIENT, "63003", "63024", "63032", "63049"),
+    "63016": INTEGRATION,  # outside the messaging window: send a template
+    "63018": THROTTLING,
+    "30007": POLICY,  # filtered as spam or fraud
+    "30008": UNKNOWN,
 }
-LEADING_CODE = re.compile(r"^\s*(\d{2,6})\b")
+# Z-API's DeliveryCallback errorCode, else its error text (live captures, PROVIDERS.md).
+ZAPI_CODES = {"SHADOW_BAN": POLICY}
+ZAPI_TEXTS = {
+    "does not exist": RECIPIENT,
+    "timeout on send message": TRANSIENT,
+}
+LEADING_CODE = re.compile(r"^\s*(\d{1,6})\b")
+LEADING_NAME = re.compile(r"^\s*([A-Z][A-Z_]{2,40})\s*:")
 TWILIO_CODE = re.compile(r":\s*(\d{5})\b")
 LONG_DIGITS = re.compile(r"\+?\d{7,}")
 
@@ -78,16 +74,23 @@ def classify(provider: str, reason: str | None) -> tuple[str, str]:
         return META.get(code, UNKNOWN), code
     if provider == "greenapi":
         status = reason.split(":", 1)[0].strip()
-        if status == "blocked":
-            return POLICY, status
         return GREEN_API.get(status, UNKNOWN), status
     if provider == "twilio":
         match = TWILIO_CODE.search(reason)
         if not match:
             return UNKNOWN, short(reason.split(":", 1)[0])
         return TWILIO.get(match.group(1), UNKNOWN), match.group(1)
-    match = LEADING_CODE.match(reason)  # Z-API's errorCode first, when it sends one
-    return UNKNOWN, match.group(1) if match else short(reason)
+    match = LEADING_CODE.match(reason)
+    label = match.group(1) if match else short(reason)
+    if provider == "zapi":
+        name = LEADING_NAME.match(reason)  # "<errorCode>: <error>" when it sends a code
+        if name and name.group(1) in ZAPI_CODES:
+            return ZAPI_CODES[name.group(1)], name.group(1)
+        lowered = reason.lower()
+        for text, kind in ZAPI_TEXTS.items():
+            if text in lowered:
+                return kind, label
+    return UNKNOWN, label
 
 
 def short(reason: str) -> str:

@@ -15,8 +15,9 @@ import pytest
 
 from schemas.events import StatusEvent
 from schemas.failures import classify
+from schemas.registry import REGISTRY
 from tests.brokers import ON_EACH_BROKER
-from tests.conftest import API_TOKEN, signed_post, wait_for
+from tests.conftest import API_TOKEN, load_fixture, signed_post, wait_for
 from workers.core import insights, store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -94,7 +95,7 @@ def test_a_cohort_gives_exact_counts_ratios_and_percentiles(db):
         "stuck": 3,
     }
     assert entry["ratios"] == {"delivered": 0.6, "read": 0.3, "failed": 0.1, "stuck": 0.3}
-    assert entry["failures"] == [{"class": "unknown", "reason": "404", "count": 1}]
+    assert entry["failures"] == [{"class": "recipient", "reason": "404", "count": 1}]
     # Nearest rank over the exact times; read from bins a quarter wide, within a quarter.
     for name, exact in (("p50", 6), ("p90", 12), ("p99", 12)):
         assert exact / 1.25 <= entry["time_to_deliver"][name] <= exact * 1.25, entry
@@ -192,30 +193,48 @@ def test_concurrent_workers_keep_the_counts_exact(database_url, db):
 
 
 @pytest.mark.parametrize(
+    ("provider", "fixture", "expected"),
+    [
+        ("meta", "failed", ("recipient", "131049")),
+        ("greenapi", "seed_failed", ("unknown", "failed")),
+        ("greenapi", "yellow_card", ("policy_or_quality", "yellowCard")),
+        ("twilio", "failed", ("integration", "63016")),
+        ("twilio", "undelivered", ("recipient", "63024")),
+        ("zapi", "delivery_failed", ("recipient", "The number does not exist on WhatsApp")),
+        ("zapi", "delivery_failed_shadow_ban", ("policy_or_quality", "SHADOW_BAN")),
+        ("waha", "ack_error", ("unknown", "ERROR")),
+        ("evolution", "v2_error", ("unknown", "ERROR")),
+    ],
+)
+def test_each_providers_failures_are_classed_as_its_parser_writes_them(provider, fixture, expected):
+    """The reason read from what the provider's own parser stored (tests/fixtures)."""
+    [failure] = (
+        REGISTRY[provider]
+        .parse(load_fixture(provider, fixture), received_at=T0, request_id="r")
+        .events
+    )
+    assert failure.status == "failed"
+    assert classify(provider, failure.failure_reason) == expected
+
+
+@pytest.mark.parametrize(
     ("provider", "reason", "expected"),
     [
-        ("meta", "131026 Message undeliverable: Unable to deliver", ("recipient", "131026")),
-        ("meta", "131048 Spam rate limit hit", ("policy", "131048")),
+        ("meta", "131026 Message undeliverable", ("recipient", "131026")),
+        ("meta", "131048 Spam rate limit hit", ("policy_or_quality", "131048")),
         (
             "meta",
-            "131056 (Business Account, Consumer Account) pair rate limit hit",
+            "131056 (Business Account, Consumer Account) pair rate limit",
             ("throttling", "131056"),
         ),
-        ("meta", "130429 Rate limit hit", ("throttling", "130429")),
-        ("meta", "368 Temporarily blocked for policies violations", ("policy", "368")),
-        ("meta", "131000 Something went wrong", ("transient", "131000")),
+        ("meta", "368 Temporarily blocked for policies violations", ("policy_or_quality", "368")),
+        ("meta", "131047 Re-engagement message", ("integration", "131047")),
+        ("meta", "131016 Service unavailable", ("transient", "131016")),
+        ("meta", "999999 Something new", ("unknown", "999999")),
         ("greenapi", "noAccount", ("recipient", "noAccount")),
-        ("greenapi", "yellowCard: too many messages", ("policy", "yellowCard")),
-        ("greenapi", "blocked", ("policy", "blocked")),
-        ("twilio", "failed: 63016 Outside the allowed window", ("policy", "63016")),
-        ("twilio", "undelivered: 63024 Invalid message recipient", ("recipient", "63024")),
         ("twilio", "failed", ("unknown", "failed")),
-        (
-            "zapi",
-            "The number 5511987654321 does not exist",
-            ("unknown", "The number # does not exist"),
-        ),
-        ("waha", "ERROR", ("unknown", "ERROR")),
+        ("zapi", "The number 5511987654321 is gone", ("unknown", "The number # is gone")),
+        ("zapi", "Timeout on send message", ("transient", "Timeout on send message")),
         ("evolution", None, ("unknown", "unknown")),
     ],
 )
@@ -302,7 +321,9 @@ def test_insights_of_callbacks_a_worker_applied(client, start_worker):
     )
     assert shop["ratios"] == {"delivered": 0.6, "read": 0.2, "failed": 0.2, "stuck": 0.2}
     assert 4 / 1.25 <= shop["time_to_deliver"]["p50"] <= 4 * 1.25
-    assert shop["failures"][0]["count"] == 1 and shop["failures"][0]["class"] == "unknown"
+    assert shop["failures"] == [
+        {"class": "recipient", "reason": "The number does not exist on WhatsApp", "count": 1}
+    ]
     assert shop["provisional"] is True
     # The other number's message was sent a minute ago: not stuck yet.
     assert (entries["loja-2"]["sent"], entries["loja-2"]["stuck"]) == (1, 0)

@@ -41,9 +41,10 @@ def counts(judged=0, window=0, recent=0, before=0):
         # Usually 4 a 5 minutes (1,152 a day): 13 is above 3 x 4.
         ({"failure:recipient:131026": counts(13, 13, 13, 1152)}, None, "degraded"),
         ({"failure:recipient:131026": counts(12, 12, 12, 1152)}, None, "ok"),
-        ({"failure:policy:131048": counts(1, 1, 1, 0)}, None, "restricted"),
-        ({"failure:policy:yellowCard": counts(0, 1, 0, 0)}, None, "restricted"),
-        ({"failure:policy:blocked": counts(0, 1, 0, 0)}, None, "banned"),
+        ({"failure:policy_or_quality:131048": counts(1, 1, 1, 0)}, None, "restricted"),
+        ({"failure:policy_or_quality:yellowCard": counts(0, 1, 0, 0)}, None, "restricted"),
+        ({"failure:policy_or_quality:SHADOW_BAN": counts(0, 1, 0, 0)}, None, "restricted"),
+        ({"failure:policy_or_quality:368": counts(1, 1, 1, 0)}, None, "ok"),  # the account's
         ({}, ("disconnected", "DisconnectedCallback", "phone offline"), "disconnected"),
         ({}, ("connecting", "STARTING", None), "ok"),
         ({}, ("banned", "blocked", None), "banned"),

@@ -13,8 +13,8 @@ in this order from good to bad:
   ago, and not one later status of any kind for them: the provider's status webhook itself
   may be broken;
 - ``disconnected``, ``restricted``, ``banned``: the provider said so (a connection event), or
-  its failures did (Meta 131048 and Green-API's yellowCard: restricted; Green-API's blocked:
-  banned) over the window.
+  its failures did over the window (Meta 131048, Green-API's yellowCard, Z-API's SHADOW_BAN:
+  restricted).
 
 evaluate() runs in a status worker (workers/lifecycle/watch.py), one at a time: each change of
 an instance's health is kept in instance_health and written to the change feed (kind
@@ -37,9 +37,9 @@ ORDER = HEALTHS
 REPORTED = {"connected": "ok", "connecting": "ok", "disconnected": "disconnected"}
 # Failures that say what became of the number itself.
 CODES = {
-    "policy:131048": "restricted",
-    "policy:yellowCard": "restricted",
-    "policy:blocked": "banned",
+    "policy_or_quality:131048": "restricted",  # Meta: spam rate limit on this number
+    "policy_or_quality:yellowCard": "restricted",  # Green-API: sending suspended
+    "policy_or_quality:SHADOW_BAN": "restricted",  # Z-API: sending restricted for the number
 }
 WINDOW = timedelta(minutes=30)
 SPIKE_WINDOW = timedelta(minutes=5)
