@@ -89,12 +89,15 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
         note_outcome("ignored")
         return jsonify(accepted=0, ignored=parsed.ignored)
     if parsed.connections:  # an instance connected, disconnected, was restricted...
-        return record_connections(provider, parsed.connections, request_id)
-    try:
-        enqueue_events(dump_events(parsed.events))
-    except QueueUnavailable:
-        raise unavailable() from None
-    note_outcome("accepted", len(parsed.events))
+        answer = record_connections(provider, parsed.connections, request_id)
+        if not parsed.events and not parsed.errors:
+            return answer
+    if parsed.events:
+        try:
+            enqueue_events(dump_events(parsed.events))
+        except QueueUnavailable:
+            raise unavailable() from None
+        note_outcome("accepted", len(parsed.events))
     if parsed.errors:  # the valid statuses are on their way; the body is kept for the rest
         errors = normalize_errors(parsed.errors)
         return quarantine(record, raw, errors, received_at, request_id, len(parsed.events))
@@ -115,7 +118,7 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
                 "message_ids": [mask_message_id(e.message_id) for e in parsed.events[:10]],
             },
         )
-    return jsonify(accepted=len(parsed.events))
+    return jsonify(accepted=len(parsed.events) + len(parsed.connections))
 
 
 @bp.get("/webhooks/<provider>")

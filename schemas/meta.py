@@ -1,4 +1,5 @@
-"""Meta's WhatsApp Cloud API: the ``messages`` field of a WhatsApp Business Account webhook.
+"""Meta's WhatsApp Cloud API: the ``messages`` field of a WhatsApp Business Account webhook,
+and the ``phone_number_quality_update`` and ``account_update`` fields as connection reports.
 
 One POST may hold several entries, each several changes, each several statuses; every status
 becomes an event (libraries that read only the first have lost statuses: pywa#229,
@@ -19,7 +20,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.events import MAX_ID_LENGTH, Parsed, StatusEvent, chat_fields
+from schemas.events import MAX_ID_LENGTH, ConnectionEvent, Parsed, StatusEvent, chat_fields
 from schemas.fields import EpochTimestamp, Identifier, Text, chat_identity
 from schemas.statuses import FAILED, PLAYED, READ, RECEIVED, SENT
 
@@ -107,6 +108,7 @@ class MetaEntrySchema(Schema):
         unknown = EXCLUDE
 
     id = Identifier(load_default=None, allow_none=True)
+    time = EpochTimestamp(per_second=1, load_default=None, allow_none=True)
     changes = fields.List(fields.Nested(MetaChangeSchema), required=True)
 
 
@@ -146,6 +148,8 @@ class Envelope:
     body: Any
     statuses: dict[tuple[int, int], list[Any]] = dataclasses.field(default_factory=dict)
     others: list[str] = dataclasses.field(default_factory=list)
+    # A sending number's or account's health reports: (entry index, field, value).
+    reports: list[tuple[int, str, Any]] = dataclasses.field(default_factory=list)
 
 
 def take_apart(body: Any) -> Envelope:
@@ -161,6 +165,8 @@ def take_apart(body: Any) -> Envelope:
                 value = change.get("value") if isinstance(change, dict) else None
                 if name != FIELD:  # kept in its place, so every index named stays true
                     envelope.others.append(str(name))
+                    if name in REPORT_FIELDS:
+                        envelope.reports.append((i, str(name), value))
                     change = {"field": str(name), "value": {}}
                 elif isinstance(value, dict) and isinstance(value.get("statuses"), list):
                     envelope.statuses[(i, len(changes))] = value["statuses"]
@@ -192,6 +198,110 @@ def status_event(
     )
 
 
+# A number's quality and an account's standing (docs/research-connection-events.md, "Meta"):
+# phone_number_quality_update names the business number (display_phone_number), account_update
+# the WhatsApp Business Account (the entry's id; a legacy one named its phone_number).
+REPORT_FIELDS = ("phone_number_quality_update", "account_update")
+QUALITY_STATES = {
+    "FLAGGED": "restricted",  # quality low: its messaging limit may drop
+    "DOWNGRADE": "restricted",  # its messaging limit was reduced
+    "UNFLAGGED": "connected",
+    "UPGRADE": "connected",
+    "THROUGHPUT_UPGRADE": "connected",
+    "ONBOARDING": "connecting",  # still registering
+}
+BAN_STATES = {"DISABLE": "banned", "SCHEDULE_FOR_DISABLE": "restricted", "REINSTATE": "connected"}
+ACCOUNT_STATES = {
+    "ACCOUNT_RESTRICTION": "restricted",
+    "ACCOUNT_VIOLATION": "restricted",
+    "ACCOUNT_OFFBOARDED": "disconnected",  # a device change or the number re-registered
+    "ACCOUNT_RECONNECTED": "connected",
+    "PARTNER_REMOVED": "disconnected",
+}
+
+
+class QualityUpdateSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    display_phone_number = Identifier(required=True)
+    event = Text(required=True)
+    current_limit = Text(load_default=None, allow_none=True)
+
+
+class AccountUpdateSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    event = Text(required=True)
+    phone_number = Identifier(load_default=None, allow_none=True)
+    restriction_info = fields.List(fields.Dict(), load_default=list)
+    violation_info = fields.Dict(load_default=None, allow_none=True)
+    ban_info = fields.Dict(load_default=None, allow_none=True)
+    waba_info = fields.Dict(load_default=None, allow_none=True)
+    disconnection_info = fields.Dict(load_default=None, allow_none=True)
+
+
+QUALITY_SCHEMA = QualityUpdateSchema()
+ACCOUNT_SCHEMA = AccountUpdateSchema()
+
+
+def report_event(
+    field: str, value: Any, entry: dict[str, Any], received_at: datetime, request_id: str
+) -> ConnectionEvent | None:
+    """A quality or account report as a connection event; None for one that says nothing of
+    the number's health (PARTNER_ADDED, pricing...). Raises ValidationError for a bad one."""
+    occurred_at = entry["time"] or received_at
+    if field == "phone_number_quality_update":
+        data = QUALITY_SCHEMA.load(value)
+        state = QUALITY_STATES.get(data["event"])
+        if state is None:  # an event not known to say anything of the number's health
+            return None
+        limit = data["current_limit"]
+        return ConnectionEvent(
+            provider="meta",
+            instance_id=data["display_phone_number"],
+            state=state,
+            raw_state=data["event"],
+            occurred_at=occurred_at,
+            received_at=received_at,
+            reason=f"messaging limit {limit}" if limit else None,
+            request_id=request_id,
+        )
+    data = ACCOUNT_SCHEMA.load(value)
+    event = data["event"]
+    reason = None
+    if event == "DISABLED_UPDATE":
+        ban = str((data["ban_info"] or {}).get("waba_ban_state", ""))
+        state = BAN_STATES.get(ban)
+        raw, reason = f"{event} {ban}".strip(), (data["ban_info"] or {}).get("waba_ban_date")
+    else:
+        state, raw = ACCOUNT_STATES.get(event), event
+        if event == "ACCOUNT_RESTRICTION":
+            kinds = [str(r.get("restriction_type")) for r in data["restriction_info"]]
+            reason = ", ".join(kinds) or None
+        elif event == "ACCOUNT_VIOLATION":
+            reason = (data["violation_info"] or {}).get("violation_type")
+        elif event == "PARTNER_REMOVED":
+            reason = (data["disconnection_info"] or {}).get("reason")
+    if state is None:
+        return None
+    waba = (data["waba_info"] or {}).get("waba_id") or entry["id"]
+    instance = data["phone_number"] or waba
+    if not instance:
+        raise ValidationError({"entry": {"id": ["Missing data for required field."]}})
+    return ConnectionEvent(
+        provider="meta",
+        instance_id=str(instance),
+        state=state,
+        raw_state=raw,
+        occurred_at=occurred_at,
+        received_at=received_at,
+        reason=str(reason) if reason else None,
+        request_id=request_id,
+    )
+
+
 def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
     """Turn a WhatsApp Business Account webhook into one event per status, in every entry."""
     kind = body.get("object") if isinstance(body, dict) else None
@@ -220,9 +330,18 @@ def parse(body: Any, *, received_at: datetime, request_id: str) -> Parsed:
                     path.setdefault("value", {}).setdefault("statuses", {})[k] = err.messages
                     continue
                 events.append(status_event(status, instance_id, received_at, request_id))
-    if errors and not events:
+    reports = []
+    for i, field, value in envelope.reports:
+        try:
+            report = report_event(field, value, data["entry"][i], received_at, request_id)
+        except ValidationError as err:
+            errors.setdefault("entry", {}).setdefault(i, {})[field] = err.messages
+            continue
+        if report is not None:
+            reports.append(report)
+    if errors and not events and not reports:
         raise ValidationError(errors)
-    if not events:
+    if not events and not reports:
         ignored = "messages" if incoming else (envelope.others or ["no statuses"])[0]
         return Parsed(events=[], ignored=ignored)
-    return Parsed(events=events, errors=errors or None)
+    return Parsed(events=events, errors=errors or None, connections=reports)

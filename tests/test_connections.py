@@ -11,7 +11,7 @@ import pytest
 from schemas.events import ConnectionEvent
 from schemas.registry import REGISTRY
 from tests.conftest import API_TOKEN, load_fixture, queued, signed_post, wait_for
-from workers.celery_app import RECORD_CONNECTIONS
+from workers.celery_app import APPLY_EVENTS, RECORD_CONNECTIONS
 from workers.core import store
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -100,34 +100,104 @@ RECORDED = {
         "refused 428",
         None,
     ),
+    # Meta: a business number's quality (display_phone_number) and a business account's
+    # standing (the WABA id; a legacy report named its phone_number).
+    ("meta", "connection_quality_flagged"): (
+        "15550783881",
+        "restricted",
+        "FLAGGED",
+        "messaging limit TIER_10K",
+    ),
+    ("meta", "connection_quality_downgrade"): (
+        "15550783881",
+        "restricted",
+        "DOWNGRADE",
+        "messaging limit TIER_2K",
+    ),
+    ("meta", "connection_quality_upgrade"): (
+        "15550783881",
+        "connected",
+        "UPGRADE",
+        "messaging limit TIER_10K",
+    ),
+    ("meta", "connection_quality_unflagged"): (
+        "15550783881",
+        "connected",
+        "UNFLAGGED",
+        "messaging limit TIER_10K",
+    ),
+    ("meta", "connection_quality_onboarding"): (
+        "15550783881",
+        "connecting",
+        "ONBOARDING",
+        "messaging limit TIER_250",
+    ),
+    ("meta", "connection_quality_throughput_upgrade"): (
+        "15550783881",
+        "connected",
+        "THROUGHPUT_UPGRADE",
+        "messaging limit TIER_UNLIMITED",
+    ),
+    ("meta", "connection_account_restriction"): (
+        "102290129340398",
+        "restricted",
+        "ACCOUNT_RESTRICTION",
+        "RESTRICTED_BIZ_INITIATED_MESSAGING, RESTRICTED_ADD_PHONE_NUMBER_ACTION",
+    ),
+    ("meta", "connection_account_restriction_legacy"): (
+        "15550783881",
+        "restricted",
+        "ACCOUNT_RESTRICTION",
+        "RESTRICTED_CUSTOMER_INITIATED_MESSAGING",
+    ),
+    ("meta", "connection_account_violation"): (
+        "102290129340398",
+        "restricted",
+        "ACCOUNT_VIOLATION",
+        "SCAM",
+    ),
+    ("meta", "connection_account_disabled"): (
+        "102290129340398",
+        "banned",
+        "DISABLED_UPDATE DISABLE",
+        "June 11, 2025",
+    ),
+    ("meta", "connection_account_schedule_for_disable"): (
+        "102290129340398",
+        "restricted",
+        "DISABLED_UPDATE SCHEDULE_FOR_DISABLE",
+        "June 18, 2025",
+    ),
+    ("meta", "connection_account_reinstated"): (
+        "102290129340398",
+        "connected",
+        "DISABLED_UPDATE REINSTATE",
+        "June 11, 2025",
+    ),
+    ("meta", "connection_account_offboarded"): (
+        "102290129340398",
+        "disconnected",
+        "ACCOUNT_OFFBOARDED",
+        None,
+    ),
+    ("meta", "connection_account_reconnected"): (
+        "102290129340398",
+        "connected",
+        "ACCOUNT_RECONNECTED",
+        None,
+    ),
+    ("meta", "connection_account_partner_removed_disconnection"): (
+        "980198427658004",
+        "disconnected",
+        "PARTNER_REMOVED",
+        "PRIMARY_INACTIVITY",
+    ),
 }
-# Received and answered 200, not recorded (yet): Green-API's deprecated statusInstanceChanged
-# ("temporarily not working" per its docs), Evolution v1's status.instance, and Meta's number
-# quality and account updates (about a display number or a whole business account, not the
-# phone number id its statuses name: left for the insights work, issue 27).
+# Received and answered 200, not recorded: Green-API's deprecated statusInstanceChanged
+# ("temporarily not working" per its docs) and Evolution v1's status.instance.
 IGNORED = {
     ("greenapi", "connection_status_instance_offline"): "statusInstanceChanged",
     ("evolution", "connection_status_instance_closed"): "status.instance",
-    **{
-        ("meta", name): field
-        for name, field in [
-            ("connection_quality_flagged", "phone_number_quality_update"),
-            ("connection_quality_downgrade", "phone_number_quality_update"),
-            ("connection_quality_upgrade", "phone_number_quality_update"),
-            ("connection_quality_unflagged", "phone_number_quality_update"),
-            ("connection_quality_onboarding", "phone_number_quality_update"),
-            ("connection_quality_throughput_upgrade", "phone_number_quality_update"),
-            ("connection_account_restriction", "account_update"),
-            ("connection_account_restriction_legacy", "account_update"),
-            ("connection_account_violation", "account_update"),
-            ("connection_account_disabled", "account_update"),
-            ("connection_account_schedule_for_disable", "account_update"),
-            ("connection_account_reinstated", "account_update"),
-            ("connection_account_offboarded", "account_update"),
-            ("connection_account_reconnected", "account_update"),
-            ("connection_account_partner_removed_disconnection", "account_update"),
-        ]
-    },
 }
 
 
@@ -217,6 +287,22 @@ def test_the_endpoint_enqueues_a_connection_event_once_proven(client, broker):
     [(task, payload)] = queued(broker)
     assert task == RECORD_CONNECTIONS
     assert payload[0]["state"] == "restricted" and payload[0]["instance_id"] == "1101000001"
+
+
+def test_a_meta_body_with_a_status_and_a_quality_report_enqueues_both(client, broker):
+    body = load_fixture("meta", "delivered")
+    quality = load_fixture("meta", "connection_quality_flagged")["entry"][0]
+    body = {**body, "entry": [*body["entry"], quality]}
+    response = signed_post(client, "meta", body)
+    assert response.status_code == 200 and response.json == {"accepted": 2}
+    tasks = dict(queued(broker))
+    assert tasks[RECORD_CONNECTIONS][0]["state"] == "restricted"
+    assert [e["status"] for e in tasks[APPLY_EVENTS]] == ["received"]
+
+
+def test_a_meta_account_update_that_says_nothing_of_health_is_ignored():
+    parsed = parse("meta", "other_type_account_update")  # VERIFIED_ACCOUNT
+    assert parsed.ignored == "account_update" and not parsed.connections
 
 
 def event(state: str, at: datetime, raw: str | None = None, received: datetime | None = None):
