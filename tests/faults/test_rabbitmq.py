@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from typing import Any
@@ -171,3 +172,22 @@ def test_a_quorum_queue_on_three_nodes_survives_losing_one_under_load(
         )
     finally:
         cluster.stop()
+
+
+@ON_RABBITMQ
+@pytest.mark.parametrize("how", ["reset", "closed"])
+def test_a_pooled_connection_that_died_is_replaced_not_answered_503(app, client, task_broker, how):
+    """A publisher connection the pool kept can be dead when the next callback comes (the
+    broker or a proxy dropped it while idle, a node restarted): the callback is published
+    on a fresh connection, not answered 503 (Green-API freezes an instance's queue on one)."""
+    app.config["GROUP_LINGER_SECONDS"] = 0
+    post_all(client, [zapi("SENT", "POOL-1")])
+    celery = app.extensions["ticks.celery"]
+    with celery.producer_pool.acquire(block=True, timeout=1) as producer:
+        connection = producer.connection.connection  # py-amqp's, kept by the pool
+        if how == "reset":  # the socket gone under it, as after an idle timeout
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        else:  # RabbitMQ closed it (rabbitmqctl close_connection, a node's restart)
+            connection.transport.close()
+    post_all(client, [zapi("RECEIVED", "POOL-1")])  # each must be answered 200
+    wait_for(lambda: task_broker.waiting() == 2, timeout=10)

@@ -49,6 +49,13 @@ ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     socket.timeout,
 )
+# A connection found dead at a publish: its socket reset, broken or closed under it.
+DEAD_CONNECTION: tuple[type[BaseException], ...] = (
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    amqp.exceptions.RecoverableConnectionError,
+)
 # What readiness writes to prove the broker takes writes (a key on Redis, an unroutable
 # message on RabbitMQ): nothing consumes it.
 READINESS_PROBE = "ticks.readiness-probe"
@@ -300,6 +307,28 @@ class RabbitBroker:
         headers, properties, body = create_task_message(
             celery, task_name, payload, task_id, summary
         )
+        started = time.monotonic()
+        try:
+            self.publish_once(celery, body, headers, properties, timeout)
+        except DEAD_CONNECTION as exc:
+            # A pooled connection that died while idle (the socket reset or closed under it:
+            # a proxy's or the node's idle timeout, a node restarted) fails at once: one more
+            # try on a fresh connection, within the same deadline. A message published twice
+            # this way (its confirm lost with the socket) is applied once.
+            left = timeout - (time.monotonic() - started)
+            if left < timeout / 2:
+                raise
+            log.info("publisher connection was dead (%s): publishing on a fresh one", exc)
+            self.publish_once(celery, body, headers, properties, left)
+
+    def publish_once(
+        self,
+        celery: Celery,
+        body: Any,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+        timeout: float,
+    ) -> None:
         with celery.producer_pool.acquire(block=True, timeout=timeout) as producer:
             try:
                 producer.publish(
