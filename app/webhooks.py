@@ -100,7 +100,8 @@ def receive(provider: str, token: str | None, event: str | None) -> Response:
         note_outcome("accepted", len(parsed.events))
     if parsed.errors:  # the valid statuses are on their way; the body is kept for the rest
         errors = normalize_errors(parsed.errors)
-        return quarantine(record, raw, errors, received_at, request_id, len(parsed.events))
+        accepted = len(parsed.events) + len(parsed.connections)
+        return quarantine(record, raw, errors, received_at, request_id, accepted)
     # Accepted callbacks are logged at INFO by the group that carried them to the broker
     # (app/queue.py: one line per task message, naming each callback's request id); one line
     # per callback would cost a tenth of the web's CPU for the same facts.
@@ -233,7 +234,10 @@ def record_connections(
 ) -> Response:
     """Enqueue an instance's connection events (seldom: one task message each callback)."""
     summary = f"[{provider} connection: {', '.join(c.state for c in connections)}]"
-    publish(RECORD_CONNECTIONS, dump_connections(connections), request_id, summary)
+    # A task id of its own: the same body's statuses or quarantine are published under the
+    # request id (the Redis ledger and delivery counts are kept by task id).
+    task_id = f"{request_id}-connections"
+    publish(RECORD_CONNECTIONS, dump_connections(connections), task_id, summary)
     note_outcome("accepted", len(connections))
     log.info(
         "accepted connection provider=%s instance_id=%s state=%s raw_state=%s request_id=%s",

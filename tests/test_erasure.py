@@ -213,3 +213,27 @@ def test_brazilian_mobile_numbers_match_with_and_without_the_ninth_digit():
     assert numbers(PERSON_OLD_FORM) == [PERSON_OLD_FORM, PERSON]
     assert numbers("+55 11 3456-7890") == ["551134567890"]  # a landline has no ninth digit
     assert numbers("+1 415 555 0100") == ["14155550100"]
+
+
+def test_erased_messages_leave_the_insight_counts_and_the_health_samples(db, everywhere):
+    from tests.test_insights import counted, recomputed
+    from workers.lifecycle.erasure import erase
+
+    db.execute(
+        "INSERT INTO instance_health (provider, instance_id, health, since, reason, figures,"
+        " checked_at) VALUES ('zapi', 'loja', 'degraded', now(), 'x',"
+        """ '{"samples": ["M-1", "O-1"], "numerator": 2}', now())"""
+    )
+    db.execute(
+        "INSERT INTO changes (kind, provider, message_id, instance_id, status, occurred_at,"
+        """ figures) VALUES ('instance', 'zapi', '', 'loja', 'degraded', now(),"""
+        """ '{"samples": ["M-2", "O-2"]}')"""
+    )
+    before = sum(counted(db).values())
+    erase(db, PERSON)
+    assert counted(db) == recomputed(db)  # as if their messages had never been counted
+    assert sum(counted(db).values()) < before
+    [(kept,)] = db.execute("SELECT figures FROM instance_health").fetchall()
+    assert kept == {"samples": ["O-1"], "numerator": 2}
+    [(change,)] = db.execute("SELECT figures FROM changes WHERE kind = 'instance'").fetchall()
+    assert change == {"samples": ["O-2"]}

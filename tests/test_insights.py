@@ -119,6 +119,29 @@ def test_a_late_sent_moves_the_message_to_its_minute(db):
     assert counted(db) == recomputed(db)
 
 
+def test_an_instance_named_late_takes_the_message_with_it(db):
+    """A sent naming no instance, then a receipt that names it: the message counts once,
+    under its instance, nothing left under none (nor a delivered without its sent)."""
+    apply(db, event("sent", "M1", T0, instance=None))
+    apply(db, event("received", "M1", T0 + timedelta(seconds=2), instance="inst-a"))
+    assert counted(db) == recomputed(db)
+    [entry] = fetch(db)
+    assert (entry["instance_id"], entry["sent"], entry["delivered"], entry["stuck"]) == (
+        "inst-a",
+        1,
+        1,
+        0,
+    )
+    # In one batch too, and with the instance on the first event only.
+    apply(
+        db,
+        event("sent", "M2", T0, instance=None),
+        event("read", "M2", T0 + timedelta(seconds=5), instance="inst-b"),
+    )
+    assert counted(db) == recomputed(db)
+    assert {(e["instance_id"], e["sent"]) for e in fetch(db)} == {("inst-a", 1), ("inst-b", 1)}
+
+
 def test_buckets_and_filters(db):
     for i in range(3):
         apply(db, event("sent", f"A{i}", T0 + timedelta(minutes=50 * i)))

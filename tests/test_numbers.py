@@ -147,6 +147,28 @@ def test_a_silent_instance_and_a_reported_disconnection(db):
     assert "Device has been disconnected" in changes["off"].reason
 
 
+def test_a_long_stuck_after_still_judges_and_one_watch_a_interval_judges(db):
+    now = datetime.now(UTC)
+    stuck_after = timedelta(hours=1)  # longer than the 30-minute window
+    apply(db, *(sent_event(f"L{i}", now - timedelta(minutes=70)) for i in range(6)))
+    [change] = numbers.evaluate(db, now, stuck_after, every=timedelta(seconds=30))
+    assert change.verdict.health == "silent"
+    assert change.verdict.figures["window_minutes"] == 20
+    # Another worker's watch ten seconds later: judged less than half an interval ago.
+    assert (
+        numbers.evaluate(db, now + timedelta(seconds=10), stuck_after, timedelta(seconds=30)) == []
+    )
+    checked = db.execute("SELECT checked_at FROM instance_health").fetchone()[0]
+    assert checked == now
+
+
+def test_a_reported_reason_never_shows_a_number():
+    verdict = numbers.judge(
+        {}, ("disconnected", "close 401", "logged out from +55 11 987654321 / 5511987654321"), 20
+    )
+    assert verdict.health == "disconnected" and "5511987654321" not in verdict.reason
+
+
 def test_a_failure_spike_degrades_and_names_its_messages(db):
     now = datetime.now(UTC)
     at = now - timedelta(minutes=2)

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from schemas.failures import CLASSES
+from schemas.failures import CLASSES, LONG_DIGITS
 from schemas.statuses import HEALTHS
 
 ORDER = HEALTHS
@@ -131,7 +131,8 @@ def judge(
         state, raw, why = report
         reported = REPORTED.get(state, state)
         if reported != "ok":
-            words = f"{raw}: {why}" if why else raw
+            # The provider's own words, a long run of digits (a number) left out.
+            words = LONG_DIGITS.sub("#", f"{raw}: {why}" if why else raw)
             verdict = verdict.worse(
                 Verdict(reported, f"the provider reported {words}", {"reported": state})
             )
@@ -184,55 +185,91 @@ def judge(
     return verdict
 
 
-def evaluate(conn: psycopg.Connection, now: datetime, stuck_after: timedelta) -> list[Change]:
+TOUCH_CHECKED = """
+UPDATE instance_health h SET checked_at = %(now)s
+FROM unnest(%(providers)s::text[], %(instances)s::text[]) AS k(provider, instance_id)
+WHERE h.provider = k.provider AND h.instance_id = k.instance_id
+"""
+LAST_CHECKED = "SELECT max(checked_at) FROM instance_health"
+# The judged window is at least this long, however long STUCK_AFTER is.
+LEAST_JUDGED = timedelta(minutes=20)
+
+
+def evaluate(
+    conn: psycopg.Connection,
+    now: datetime,
+    stuck_after: timedelta,
+    every: timedelta | None = None,
+) -> list[Change]:
     """Judge every instance; keep each one's health and write each change to the feed, in one
-    transaction. None when another evaluator holds the lock."""
+    transaction, its reads first. Nothing when another evaluator holds the lock, or (with
+    ``every``: the watch's interval) when one judged them less than half of it ago: however
+    many workers watch, instances are judged about once an interval."""
     params = {
-        "window_start": now - WINDOW,
+        # Messages sent over the WINDOW before now, more than STUCK_AFTER ago; with a long
+        # STUCK_AFTER, the LEAST_JUDGED minutes before it.
+        "window_start": min(now - WINDOW, now - stuck_after - LEAST_JUDGED),
         "stuck_before": now - stuck_after,
         "spike_start": now - SPIKE_WINDOW,
         "usual_start": now - SPIKE_WINDOW - USUAL_OVER,
         "samples": SAMPLES,
     }
-    window_minutes = int(max(WINDOW - stuck_after, timedelta()).total_seconds() // 60)
+    judged = params["stuck_before"] - params["window_start"]  # type: ignore[operator]
+    window_minutes = int(judged.total_seconds() // 60)
     changes: list[Change] = []
     with conn.transaction():
         locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_ID,)).fetchone()
         if not locked or not locked[0]:
             return []
+        if every is not None:
+            last = conn.execute(LAST_CHECKED).fetchone()
+            if last and last[0] is not None and now - last[0] < every / 2:
+                return []
         traffic: dict[tuple[str, str], dict[str, tuple[int, int, int, int]]] = {}
         for provider, instance, metric, *counts in conn.execute(TRAFFIC, params):
             traffic.setdefault((provider, instance), {})[metric] = tuple(counts)
         reports = {(r[0], r[1]): (r[2], r[3], r[4]) for r in conn.execute(REPORTS)}
         kept = {(r[0], r[1]): r[2] for r in conn.execute(KEPT)}
+        unchanged: list[tuple[str, str]] = []
+        first_seen: list[tuple[tuple[str, str], Verdict]] = []
         for key in sorted(set(traffic) | set(reports) | set(kept)):
             verdict = judge(traffic.get(key, {}), reports.get(key), window_minutes)
             previous = kept.get(key)
-            if previous == verdict.health or (previous is None and verdict.health == "ok"):
-                if previous is not None:
-                    conn.execute(
-                        "UPDATE instance_health SET checked_at = %s"
-                        " WHERE provider = %s AND instance_id = %s",
-                        (now, *key),
-                    )
-                else:
-                    write(conn, key, verdict, now)
-                continue
-            verdict.figures["samples"] = samples(conn, key, verdict, params)
+            if previous == verdict.health:
+                unchanged.append(key)
+            elif previous is None and verdict.health == "ok":
+                first_seen.append((key, verdict))
+            else:
+                verdict.figures["samples"] = samples(conn, key, verdict, params)
+                changes.append(Change(key[0], key[1], previous, verdict))
+        # The writes, after every read: the transaction holds its id (and the change feed's
+        # readers wait for it) only this long.
+        if unchanged:
+            conn.execute(
+                TOUCH_CHECKED,
+                {
+                    "now": now,
+                    "providers": [k[0] for k in unchanged],
+                    "instances": [k[1] for k in unchanged],
+                },
+            )
+        for key, verdict in first_seen:
             write(conn, key, verdict, now)
+        for change in changes:
+            key = (change.provider, change.instance_id)
+            write(conn, key, change.verdict, now)
             conn.execute(
                 FEED,
                 {
-                    "provider": key[0],
-                    "instance_id": key[1],
-                    "health": verdict.health,
-                    "previous": previous,
+                    "provider": change.provider,
+                    "instance_id": change.instance_id,
+                    "health": change.verdict.health,
+                    "previous": change.previous,
                     "now": now,
-                    "reason": verdict.reason,
-                    "figures": json.dumps(verdict.figures),
+                    "reason": change.verdict.reason,
+                    "figures": json.dumps(change.verdict.figures),
                 },
             )
-            changes.append(Change(key[0], key[1], previous, verdict))
     return changes
 
 

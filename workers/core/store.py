@@ -49,16 +49,22 @@ ON CONFLICT (provider, message_id) DO UPDATE SET
     phone = COALESCE(m.phone, EXCLUDED.phone),
     chat_id = COALESCE(m.chat_id, EXCLUDED.chat_id),
     chat_kind = COALESCE(m.chat_kind, EXCLUDED.chat_kind),
-    is_group = COALESCE(m.is_group, EXCLUDED.is_group),
-    instance_id = COALESCE(m.instance_id, EXCLUDED.instance_id)
+    is_group = COALESCE(m.is_group, EXCLUDED.is_group)
 -- A row with nothing to fill is locked all the same ("all rows will be locked when the ON
 -- CONFLICT DO UPDATE action is taken", INSERT's reference) but not rewritten: no new row
--- version, no WAL for it (a seventh more events a second at 3 M history rows).
+-- version, no WAL for it (a seventh more events a second at 3 M history rows). An instance
+-- id a stored message lacked is filled by FILL_INSTANCE, once the insights have read what
+-- the message counted for under the instance it had.
 WHERE (m.phone IS NULL AND EXCLUDED.phone IS NOT NULL)
    OR (m.chat_id IS NULL AND EXCLUDED.chat_id IS NOT NULL)
    OR (m.chat_kind IS NULL AND EXCLUDED.chat_kind IS NOT NULL)
    OR (m.is_group IS NULL AND EXCLUDED.is_group IS NOT NULL)
-   OR (m.instance_id IS NULL AND EXCLUDED.instance_id IS NOT NULL)
+"""
+FILL_INSTANCE = """
+UPDATE messages m SET instance_id = v.instance_id
+FROM unnest(%(providers)s::text[], %(ids)s::text[], %(instances)s::text[])
+     AS v(provider, message_id, instance_id)
+WHERE m.provider = v.provider AND m.message_id = v.message_id AND m.instance_id IS NULL
 """
 
 # Each <status>_at keeps the first time that status was seen even when it did not move the
@@ -369,7 +375,8 @@ def apply_events(
     if not ordered:
         return outcomes
     with conn.cursor() as cur:
-        repeats = {id(e) for e in known_repeats(cur, ordered)}
+        found, with_instance = known_repeats(cur, ordered)
+        repeats = {id(e) for e in found}
         if repeats:
             outcomes[Outcome.DUPLICATE] += len(repeats)
             ordered = [e for e in ordered if id(e) not in repeats]
@@ -384,8 +391,25 @@ def apply_events(
         # one for the events and the insights' update (conn.pipeline: they are queued and
         # sent together, each statement still run in order).
         with conn.pipeline(), conn.cursor() as locks, conn.cursor() as counts:
-            locks.executemany(LOCK_MESSAGE, [merged_identity(group) for group in groups])
+            identities = [merged_identity(group) for group in groups]
+            locks.executemany(LOCK_MESSAGE, identities)
             before = insights.counted_before(counts, keys)
+            # Messages that may lack the instance id the batch brings (not known with one).
+            filling = [
+                i
+                for i in identities
+                if i["instance_id"] is not None
+                and (i["provider"], i["message_id"]) not in with_instance
+            ]
+            if filling:
+                locks.execute(
+                    FILL_INSTANCE,
+                    {
+                        "providers": [i["provider"] for i in filling],
+                        "ids": [i["message_id"] for i in filling],
+                        "instances": [i["instance_id"] for i in filling],
+                    },
+                )
             cur.executemany(APPLY_EVENT, [event_params(e) for e in ordered], returning=True)
             insights.add_changes(counts, keys, before)
         for event in ordered:
@@ -416,14 +440,17 @@ JOIN messages m ON m.provider = k.provider AND m.message_id = k.message_id
 """
 
 
-def known_repeats(cur: psycopg.Cursor[Any], events: list[StatusEvent]) -> list[StatusEvent]:
+def known_repeats(
+    cur: psycopg.Cursor[Any], events: list[StatusEvent]
+) -> tuple[list[StatusEvent], set[tuple[str, str]]]:
     """The events that are repeats of a status their message recorded already, and bring no
     identity field it lacks: nothing to write, so neither locked nor applied (a repeat touches
     no page: 7 to 11 % more events a second in `make bench`'s scale workload, a quarter of it
-    repeats). A group participant's receipt is never one here: it may be a new participant's."""
+    repeats). A group participant's receipt is never one here: it may be a new participant's.
+    Also the messages found with an instance id (an instance id is never unset)."""
     keys = sorted({(e.provider, e.message_id) for e in events if e.participant is None})
     if not keys:
-        return []
+        return [], set()
     params = {"providers": [k[0] for k in keys], "ids": [k[1] for k in keys]}
     known = {(row[0], row[1]): row[2:] for row in cur.execute(KNOWN, params)}
     repeats = []
@@ -435,7 +462,7 @@ def known_repeats(cur: psycopg.Cursor[Any], events: list[StatusEvent]) -> list[S
             has or getattr(event, name) is None for name, has in zip(IDENTITY, row[1:], strict=True)
         ):
             repeats.append(event)
-    return repeats
+    return repeats, {key for key, row in known.items() if row[-1]}
 
 
 def event_params(event: StatusEvent) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from schemas.fields import digits_only
+from workers.core import insights
 
 # What the catalogue query skips: the migrations' ledger, and the erasures' own record.
 SKIPPED_TABLES = ("schema_migrations", "erasures")
@@ -141,6 +142,18 @@ def pattern(found: list[str]) -> str:
     return "(?<![0-9])(" + "|".join(re.escape(n) for n in longest_first) + ")(?![0-9])"
 
 
+# Number health's figures name a few sample messages (workers/core/numbers.py): an erased
+# message's id leaves them (a Meta wamid holds the number in base64, which no digit run finds).
+FORGET_SAMPLES = """
+UPDATE {table} SET figures = jsonb_set(figures, '{{samples}}', (
+    SELECT coalesce(jsonb_agg(sample), '[]'::jsonb)
+    FROM jsonb_array_elements_text(figures -> 'samples') AS sample
+    WHERE sample <> ALL (%(ids)s::text[])
+))
+WHERE figures ? 'samples' AND figures -> 'samples' ?| %(ids)s::text[]
+"""
+
+
 def erase(conn: psycopg.Connection, phone: str, erasure_id: int | None = None) -> dict[str, Any]:
     """Erase every trace of ``phone``; return the erasure's record (``document``): a new one,
     or the requested ``erasure_id`` completed (done again, it finds nothing more)."""
@@ -165,9 +178,15 @@ def erase(conn: psycopg.Connection, phone: str, erasure_id: int | None = None) -
         keys = cur.execute(PERSON_MESSAGES, params).fetchall()
         doomed = {"providers": [k[0] for k in keys], "ids": [k[1] for k in keys]}
         if keys:
+            # The messages leave the insight counts, and the samples of number health.
+            counted = insights.counted_before(cur, keys)
             for table in ("status_events", "receipts", "changes", "messages"):
                 statement = sql.SQL(DELETE_BY_MESSAGE).format(table=sql.Identifier(table))
                 count("removed", table, cur.execute(statement, doomed).rowcount)
+            insights.add_changes(cur, keys, counted)
+            for table in ("instance_health", "changes"):
+                statement = sql.SQL(FORGET_SAMPLES).format(table=sql.Identifier(table))
+                count("anonymised", table, cur.execute(statement, doomed).rowcount)
         columns: dict[str, list[tuple[str, str]]] = {}
         for table, column, kind in cur.execute(COLUMNS, {"skipped": list(SKIPPED_TABLES)}):
             columns.setdefault(table, []).append((column, kind))

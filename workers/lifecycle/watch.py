@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 def watch_once(conninfo: str) -> list[numbers.Change]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        return numbers.evaluate(conn, now, timedelta(seconds=STUCK_AFTER))
+        return numbers.evaluate(
+            conn, now, timedelta(seconds=STUCK_AFTER), every=timedelta(seconds=HEALTH_INTERVAL)
+        )
 
 
 class Watch(Recurring):
@@ -49,5 +51,5 @@ class Watch(Recurring):
                 mask_numbers(change.instance_id),
                 change.previous or "new",
                 change.verdict.health,
-                change.verdict.reason,
+                change.verdict.reason,  # Ticks' words and codes; no number (numbers.judge)
             )
