@@ -78,6 +78,23 @@ def status_event(
     )
 
 
+@pytest.mark.parametrize(
+    ("traffic", "previous", "health"),
+    [
+        # Half stuck turns it degraded; it stays so down to 40%, and is ok under.
+        ({"sent": counts(20), "at_sent": counts(10)}, "ok", "degraded"),
+        ({"sent": counts(20), "at_sent": counts(9)}, "ok", "ok"),
+        ({"sent": counts(20), "at_sent": counts(8)}, "degraded", "degraded"),
+        ({"sent": counts(20), "at_sent": counts(7)}, "degraded", "ok"),
+        # A spike the same way: over max(5, 3x usual) to enter, 80% of it to stay.
+        ({"failure:recipient:131026": counts(5, 5, 5, 0)}, "degraded", "degraded"),
+        ({"failure:recipient:131026": counts(4, 4, 4, 0)}, "degraded", "ok"),
+    ],
+)
+def test_a_number_at_a_threshold_does_not_change_health_at_every_watch(traffic, previous, health):
+    assert numbers.judge(traffic, None, 20, previous).health == health
+
+
 def sent_event(message_id: str, at: datetime, instance: str = "loja-x") -> StatusEvent:
     return status_event("sent", message_id, at, instance)
 
@@ -113,8 +130,11 @@ def test_degraded_then_ok_again_each_change_once_in_the_feed(db):
     assert (instance, previous, health) == ("loja-x", None, "degraded")
     assert (figures["numerator"], figures["denominator"]) == (15, 20)
     assert figures["samples"] == ["S05", "S06", "S07"]  # the first still at sent
-    # Deliveries resume: 6 more received, 9 of 20 left at sent.
+    # Deliveries resume: 6 more received, 9 of 20 left at sent: still degraded (over 40%).
     apply(db, *(received_event(f"S{i:02d}", at + timedelta(seconds=40)) for i in range(5, 11)))
+    assert numbers.evaluate(db, now + timedelta(seconds=40), STUCK) == []
+    # 2 more: 7 of 20 (35%), clearly better: ok.
+    apply(db, *(received_event(f"S{i:02d}", at + timedelta(seconds=45)) for i in range(11, 13)))
     later = numbers.evaluate(db, now + timedelta(minutes=1), STUCK)
     assert [(c.previous, c.verdict.health) for c in later] == [("degraded", "ok")]
     assert [row[1:3] for row in instance_changes(db)] == [(None, "degraded"), ("degraded", "ok")]

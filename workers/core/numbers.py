@@ -46,6 +46,8 @@ SPIKE_WINDOW = timedelta(minutes=5)
 USUAL_OVER = timedelta(days=1)
 DEGRADED_MIN_SENT = 20
 SILENT_MIN_SENT = 5
+STUCK_SHARE = 0.5  # degraded from half the window's messages stuck
+EASED = 0.8  # and back to ok only under 40% (a spike: under 80% of its threshold)
 SPIKE_FLOOR = 5
 SPIKE_FACTOR = 3
 SAMPLES = 3
@@ -123,9 +125,13 @@ def judge(
     traffic: dict[str, tuple[int, int, int, int]],
     report: tuple[str, str, str | None] | None,
     window_minutes: int,
+    previous: str | None = None,
 ) -> Verdict:
     """One instance's health from its counts (metric -> judged, window, last 5 min, the day
-    before) and its provider's last report (state, raw state, reason)."""
+    before) and its provider's last report (state, raw state, reason). A number already
+    ``degraded`` stays so until its traffic is clearly better (EASED: a fifth under the
+    thresholds), so one hovering at a threshold does not change health at every watch."""
+    eased = EASED if previous == "degraded" else 1.0
     verdict = Verdict()
     if report is not None:
         state, raw, why = report
@@ -144,7 +150,7 @@ def judge(
         figures = {"numerator": stuck, "denominator": sent, **window}
         reason = f"no status of any kind for the {sent} messages sent in the window"
         verdict = verdict.worse(Verdict("silent", reason, figures))
-    elif sent >= DEGRADED_MIN_SENT and stuck * 2 >= sent:
+    elif sent >= DEGRADED_MIN_SENT and stuck >= sent * STUCK_SHARE * eased:
         figures = {"numerator": stuck, "denominator": sent, **window}
         reason = f"{stuck} of {sent} messages sent in the window still at sent"
         verdict = verdict.worse(Verdict("degraded", reason, figures))
@@ -171,7 +177,7 @@ def judge(
     for kind in CLASSES:
         latest, before = by_class.get(kind, (0, 0))
         usual: float = before / usual_windows
-        threshold = max(SPIKE_FLOOR, SPIKE_FACTOR * usual)
+        threshold = max(SPIKE_FLOOR, SPIKE_FACTOR * usual) * eased
         if latest > threshold:
             figures = {
                 "numerator": latest,
@@ -233,8 +239,8 @@ def evaluate(
         unchanged: list[tuple[str, str]] = []
         first_seen: list[tuple[tuple[str, str], Verdict]] = []
         for key in sorted(set(traffic) | set(reports) | set(kept)):
-            verdict = judge(traffic.get(key, {}), reports.get(key), window_minutes)
             previous = kept.get(key)
+            verdict = judge(traffic.get(key, {}), reports.get(key), window_minutes, previous)
             if previous == verdict.health:
                 unchanged.append(key)
             elif previous is None and verdict.health == "ok":
