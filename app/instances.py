@@ -88,6 +88,21 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
+def funnel_cells(funnel: dict[str, Any] | None) -> dict[str, str]:
+    """A last hour's funnel as a table shows it (the command's, the status page's)."""
+    f = funnel or {}
+    ratios = f.get("ratios") or {}
+    p50 = (f.get("time_to_deliver") or {}).get("p50")
+    return {
+        "sent": str(f.get("sent", 0)),
+        "delivered": percent(ratios.get("delivered")),
+        "read": percent(ratios.get("read")),
+        "failed": percent(ratios.get("failed")),
+        "stuck": str(f.get("stuck", 0)),
+        "p50": "-" if p50 is None else f"{p50:g}",
+    }
+
+
 @click.command("insights")
 @with_appcontext
 @click.option("--provider", type=click.Choice(list(REGISTRY)), help="Only this provider's.")
@@ -110,9 +125,7 @@ def insights_command(provider: str | None) -> None:
     )
     lines = [header]
     for row, funnel in found:
-        f = funnel or {}
-        ratios = f.get("ratios", {})
-        p50 = (f.get("time_to_deliver") or {}).get("p50")
+        cells = funnel_cells(funnel)
         since = row["health_since"]
         lines.append(
             (
@@ -120,12 +133,7 @@ def insights_command(provider: str | None) -> None:
                 row["instance_id"],
                 row["health"] or "-",
                 since.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if since else "-",
-                str(f.get("sent", 0)),
-                percent(ratios.get("delivered")),
-                percent(ratios.get("read")),
-                percent(ratios.get("failed")),
-                str(f.get("stuck", 0)),
-                "-" if p50 is None else f"{p50:g}",
+                *(cells[name] for name in ("sent", "delivered", "read", "failed", "stuck", "p50")),
                 row["health_reason"] or "",
             )
         )

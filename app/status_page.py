@@ -19,9 +19,10 @@ from typing import Any
 import psycopg
 from flask import Blueprint, Response, current_app, make_response, render_template
 
-from app import instances
 from app.auth import require_person
 from app.database import pool
+from app.instances import funnel_cells
+from app.instances import overview as instances_overview
 from app.queue import queue_snapshot
 from schemas.registry import PROVIDERS, REGISTRY
 from schemas.statuses import STATUSES
@@ -237,7 +238,7 @@ def read_database() -> tuple[dict[str, Any] | None, str | None]:
                 timeout_ms=QUERY_TIMEOUT_MS,
                 more={"subscriptions": subscriptions.OVERVIEW},
             )
-            overview["instances"] = instances.overview(conn)
+            overview["instances"] = instances_overview(conn)
             overview["instance_hours"] = instances_by_hour(conn, overview["now"])
     except psycopg.errors.QueryCanceled:
         log.warning("status page: the counts took over %d ms", QUERY_TIMEOUT_MS)
@@ -309,9 +310,7 @@ def number_rows(overview: dict[str, Any], now: datetime) -> list[dict[str, Any]]
     lines = sparklines(overview["instance_hours"], now)
     rows = []
     for row, funnel in overview["instances"]:
-        f = funnel or {}
-        ratios = f.get("ratios") or {}
-        p50 = (f.get("time_to_deliver") or {}).get("p50")
+        cells = funnel_cells(funnel)
         rows.append(
             {
                 "provider": row["provider"],
@@ -320,12 +319,8 @@ def number_rows(overview: dict[str, Any], now: datetime) -> list[dict[str, Any]]
                 "since": row["health_since"],
                 "reason": row["health_reason"],
                 "reported": row["state"],
-                "sent": f.get("sent", 0),
-                "delivered": instances.percent(ratios.get("delivered")),
-                "read": instances.percent(ratios.get("read")),
-                "failed": instances.percent(ratios.get("failed")),
-                "stuck": f.get("stuck", 0),
-                "p50": "-" if p50 is None else f"{p50:g} s",
+                **cells,
+                "p50": cells["p50"] if cells["p50"] == "-" else f"{cells['p50']} s",
                 "lines": lines.get((row["provider"], row["instance_id"])),
             }
         )
