@@ -225,13 +225,23 @@ def test_messages_stopping_at_one_tick_turn_the_number_degraded_then_ok(app, cli
     receiver = Receiver().start()
     try:
         _, secret = subscribe(app, receiver.url, "--status", "read")  # health passes anyway
-        start_worker("w1", env={"HEALTH_INTERVAL": "1"})
+        # The first worker applies the callbacks; its watch judges once, at its start, before
+        # any (HEALTH_INTERVAL an hour), so no verdict is taken between the sent and the
+        # received of these messages (all sent, none received yet: silent, rightly).
+        start_worker("w1", env={"HEALTH_INTERVAL": "3600"})
         start_worker("d1", pool="threads", concurrency=4, queues=DELIVERY_QUEUE, env=FAST)
         sent = datetime.now(UTC) - timedelta(minutes=15)
         bodies = [zapi("SENT", f"T{i}", sent + timedelta(seconds=i)) for i in range(20)]
         bodies += [zapi("RECEIVED", f"T{i}", sent + timedelta(seconds=30)) for i in range(5)]
         for body in bodies:
             assert signed_post(client, "zapi", body).status_code == 200
+
+        def applied():
+            shop = client.get("/insights?instance_id=loja-x", headers=AUTH).json["insights"]
+            return shop and (shop[0]["sent"], shop[0]["delivered"]) == (20, 5)
+
+        wait_for(applied, timeout=30)
+        start_worker("w2", env={"HEALTH_INTERVAL": "1"})  # its watch, every second from now
 
         def health():
             [row] = [
